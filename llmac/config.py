@@ -12,8 +12,10 @@ class ModelConfig:
 
     model_name_or_path: str = field(
         default="tiny",
-        metadata={"help": "A local folder or Hub id loaded with from_pretrained, or 'tiny' to build the CPU "
-                  "demo's tiny Qwen2 (character-level tokenizer trained on the task's text)."},
+        metadata={
+            "help": "A local folder or Hub id loaded with from_pretrained, or 'tiny' to build the CPU "
+            "demo's tiny Qwen2 (character-level tokenizer trained on the task's text)."
+        },
     )
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16."})
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})

@@ -63,14 +63,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     engine = build_engine(str(sft_dir), engine_config)
     try:
         greedy, _ = evaluate(
-            engine, held_out, SamplingConfig(n=1, temperature=0.0, max_new_tokens=demo.eval_max_new_tokens),
-            math_rewards, answer_key,
+            engine,
+            held_out,
+            SamplingConfig(n=1, temperature=0.0, max_new_tokens=demo.eval_max_new_tokens),
+            math_rewards,
+            answer_key,
         )
         sampled, _ = evaluate(
-            engine, held_out,
-            SamplingConfig(n=demo.eval_samples, temperature=demo.eval_temperature,
-                           max_new_tokens=demo.eval_max_new_tokens, seed=sft_args.seed),
-            math_rewards, answer_key,
+            engine,
+            held_out,
+            SamplingConfig(
+                n=demo.eval_samples,
+                temperature=demo.eval_temperature,
+                max_new_tokens=demo.eval_max_new_tokens,
+                seed=sft_args.seed,
+            ),
+            math_rewards,
+            answer_key,
         )
     finally:
         engine.close()

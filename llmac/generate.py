@@ -29,8 +29,12 @@ class RolloutRunConfig:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     max_new_tokens: int = field(default=256, metadata={"help": "Tokens per completion at most."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
-    reward: str = field(default="math", metadata={"help": "Reward function: a registered name or 'module:function'."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where to write rollouts (and eval metrics)."})
+    reward: str = field(
+        default="math", metadata={"help": "Reward function: a registered name or 'module:function'."}
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where to write rollouts (and eval metrics)."}
+    )
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
@@ -53,11 +57,18 @@ def generate_main(argv: Sequence[str] | None = None) -> Path:
         raise SystemExit("llmac generate: --output_dir is required")
     engine = build_engine(run.model_name_or_path, engine_config)
     try:
-        rollouts = sample_rollouts(engine, load_task(task, run.split), run.sampling(), get_reward_fn(run.reward))
+        rollouts = sample_rollouts(
+            engine, load_task(task, run.split), run.sampling(), get_reward_fn(run.reward)
+        )
     finally:
         engine.close()
     path = save_dataset_atomically(rollouts, run.output_dir)
-    logger.info("wrote %d rollouts to %s (mean reward %.4f)", len(rollouts), path, sum(rollouts["reward"]) / len(rollouts))
+    logger.info(
+        "wrote %d rollouts to %s (mean reward %.4f)",
+        len(rollouts),
+        path,
+        sum(rollouts["reward"]) / len(rollouts),
+    )
     return path
 
 

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 PAD, EOS, USER, ASSISTANT = "<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>"
 
@@ -37,7 +43,8 @@ class TinyModelConfig:
     intermediate_size: int = field(default=512, metadata={"help": "MLP width."})
     max_position_embeddings: int = field(default=512, metadata={"help": "Longest prompt + completion."})
     vocab_size: int = field(
-        default=0, metadata={"help": "BPE vocabulary size; 0 keeps one token per character (fastest to learn)."}
+        default=0,
+        metadata={"help": "BPE vocabulary size; 0 keeps one token per character (fastest to learn)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for the initial weights."})
 
@@ -55,13 +62,19 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 0) -> PreTraine
     backend.train_from_iterator(texts, trainer)
     backend.decoder = decoders.Fuse()  # concatenate pieces as they are: no spaces between tokens
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, padding_side="left", clean_up_tokenization_spaces=False
+        tokenizer_object=backend,
+        pad_token=PAD,
+        eos_token=EOS,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     return tokenizer
 
 
-def build_tiny_model(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig | None = None) -> Qwen2ForCausalLM:
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig | None = None
+) -> Qwen2ForCausalLM:
     """A freshly initialised small Qwen2 causal LM sized for ``tokenizer``, embeddings untied."""
     config = config or TinyModelConfig()
     model_config = Qwen2Config(
@@ -85,7 +98,9 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig
     return model
 
 
-def save_tiny_actor(texts: Iterable[str], output_dir: str | Path, config: TinyModelConfig | None = None) -> Path:
+def save_tiny_actor(
+    texts: Iterable[str], output_dir: str | Path, config: TinyModelConfig | None = None
+) -> Path:
     """Train a tokenizer on ``texts``, build the tiny model and save both (safetensors) to ``output_dir``."""
     config = config or TinyModelConfig()
     tokenizer = train_tiny_tokenizer(texts, config.vocab_size)

@@ -17,8 +17,8 @@ from pathlib import Path
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from llmac.data.loading import format_prompt
 from llmac.engines.base import Completion, RolloutEngine, SamplingConfig
-from llmac.sft import format_prompt
 from llmac.steps import split_steps
 
 RewardFn = Callable[[list[str], list[str]], list[float]]

@@ -16,6 +16,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from llmac.config import ModelConfig, parse_config
+from llmac.data.loading import format_prompt
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.models import build_tiny_model, load_actor, load_tokenizer, train_tiny_tokenizer
 
@@ -36,22 +37,15 @@ def build_actor(model_config: ModelConfig, task_config: TaskConfig, seed: int = 
     return build_tiny_model(tokenizer, model_config.tiny_settings(seed)), tokenizer
 
 
-def format_prompt(tokenizer, question: str) -> str:
-    """The chat-templated prompt the actor sees (also what the rollout engines receive)."""
-    if tokenizer.chat_template is None:
-        return question
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-    )
-
-
 def sft_dataset(rows: Dataset, tokenizer) -> Dataset:
     """Prompt-completion rows (TRL's format): templated prompt, reference solution as completion."""
     if "solution" not in rows.column_names:
         raise ValueError("SFT needs reference solutions: the task's rows have no 'solution' column")
     missing = [i for i, s in enumerate(rows["solution"]) if not s]
     if missing:
-        raise ValueError(f"SFT data: {len(missing)} rows have an empty 'solution' (first: row {missing[0] + 1})")
+        raise ValueError(
+            f"SFT data: {len(missing)} rows have an empty 'solution' (first: row {missing[0] + 1})"
+        )
     return rows.map(
         lambda row: {"prompt": format_prompt(tokenizer, row["question"]), "completion": row["solution"]},
         remove_columns=rows.column_names,
@@ -88,5 +82,7 @@ def run_sft(model_config: ModelConfig, task_config: TaskConfig, args: SFTConfig)
 def main(argv: Sequence[str] | None = None) -> Path:
     model_config, task_config, args = parse_config([ModelConfig, TaskConfig, SFTConfig], argv)
     return run_sft(model_config, task_config, args)
+
+
 if __name__ == "__main__":
     main()

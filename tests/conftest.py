@@ -16,7 +16,9 @@ SHARED = REPO.parent / "shared"
 GSM8K_DIR = SHARED / "data" / "gsm8k"
 
 
-def _warm_start(model, tokenizer, texts: list[str], steps: int, batch_size: int = 32, lr: float = 3e-3) -> None:
+def _warm_start(
+    model, tokenizer, texts: list[str], steps: int, batch_size: int = 32, lr: float = 3e-3
+) -> None:
     """A few plain next-token steps so the model's distributions are peaked (not near-uniform)."""
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)

@@ -28,8 +28,10 @@ class ArithmeticTaskConfig:
     max_digits: int = field(default=2, metadata={"help": "Most digits per number."})
     instruction: bool = field(
         default=False,
-        metadata={"help": "Keep reasoning-gym's English instruction in the question (for real models); "
-                  "off, the question is the bare expression (for the character-level tiny model)."},
+        metadata={
+            "help": "Keep reasoning-gym's English instruction in the question (for real models); "
+            "off, the question is the bare expression (for the character-level tiny model)."
+        },
     )
 
 
@@ -65,7 +67,9 @@ def arithmetic_dataset(size: int, seed: int, config: ArithmeticTaskConfig | None
         expression = item["metadata"]["expression"]
         steps = solve_chain(expression)
         if steps[-1] != f"Answer: {item['answer']}":
-            raise AssertionError(f"chain_sum item {item['metadata']['source_index']}: {steps[-1]} != {item['answer']}")
+            raise AssertionError(
+                f"chain_sum item {item['metadata']['source_index']}: {steps[-1]} != {item['answer']}"
+            )
         rows["question"].append(item["question"] if config.instruction else f"{expression} =")
         rows["answer"].append(str(item["answer"]))
         rows["solution"].append("\n".join(steps))

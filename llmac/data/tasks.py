@@ -15,20 +15,32 @@ class TaskConfig(ArithmeticTaskConfig):
 
     task: str = field(
         default="arithmetic",
-        metadata={"help": "'arithmetic' (reasoning-gym chain_sum, built offline), 'gsm8k' (the shared "
-                  "GSM8K jsonl files) or 'file' (train_path/eval_path with the field mapping below)."},
+        metadata={
+            "help": "'arithmetic' (reasoning-gym chain_sum, built offline), 'gsm8k' (the shared "
+            "GSM8K jsonl files) or 'file' (train_path/eval_path with the field mapping below)."
+        },
     )
-    num_train: int = field(default=20000, metadata={"help": "Training problems (arithmetic: generated; others: cap)."})
+    num_train: int = field(
+        default=20000, metadata={"help": "Training problems (arithmetic: generated; others: cap)."}
+    )
     num_eval: int = field(default=200, metadata={"help": "Held-out problems for evaluation."})
     task_seed: int = field(default=0, metadata={"help": "Seed of the generated task (eval uses seed + 1)."})
-    train_path: str | None = field(default=None, metadata={"help": "task=file: training data (jsonl/parquet/dir)."})
+    train_path: str | None = field(
+        default=None, metadata={"help": "task=file: training data (jsonl/parquet/dir)."}
+    )
     eval_path: str | None = field(default=None, metadata={"help": "task=file: held-out data."})
-    question_field: str = field(default="question", metadata={"help": "task=file: column holding the question."})
-    answer_field: str = field(default="answer", metadata={"help": "task=file: column holding the gold answer."})
+    question_field: str = field(
+        default="question", metadata={"help": "task=file: column holding the question."}
+    )
+    answer_field: str = field(
+        default="answer", metadata={"help": "task=file: column holding the gold answer."}
+    )
     solution_field: str | None = field(
         default=None, metadata={"help": "task=file: column holding a step-by-step reference solution."}
     )
-    answer_format: str = field(default="plain", metadata={"help": "task=file: 'plain' or 'gsm8k' ('#### N')."})
+    answer_format: str = field(
+        default="plain", metadata={"help": "task=file: 'plain' or 'gsm8k' ('#### N')."}
+    )
     gsm8k_dir: str | None = field(default=None, metadata={"help": "task=gsm8k: folder of train/test.jsonl."})
 
 
@@ -49,6 +61,11 @@ def load_task(config: TaskConfig, split: str) -> Dataset:
         seen = set(train_rows["question"])
         pool = arithmetic_dataset(4 * config.num_eval, config.task_seed + 1_000_003, config)
         held_out = [i for i, q in enumerate(pool["question"]) if q not in seen][: config.num_eval]
+        if len(held_out) < config.num_eval:
+            raise ValueError(
+                f"only {len(held_out)} of {config.num_eval} held-out arithmetic problems are unseen in "
+                "training: widen the task (more terms or digits) or train on fewer problems"
+            )
         return pool.select(held_out)
     if config.task == "gsm8k":
         from llmac.data.gsm8k import load_gsm8k
