@@ -16,8 +16,15 @@ also works where ``multiprocessing`` refuses to start children: in daemonic proc
 DataLoader workers. Nothing in a batch raises: every failure scores 0.0 and is counted in
 :class:`RewardStats`, with rate-limited log warnings.
 
+The worker is ``python -c "from llmac.rewards import ..."``: it imports only this module and
+math-verify (about 0.5 s to start), so keep ``llmac/__init__.py`` free of heavy imports. A slow item
+is first interrupted inside the worker with SIGALRM (the worker survives); the kill is the backstop
+for what a signal cannot stop. ``VerifierConfig(mode="inline")`` skips the worker when the caller
+runs in a main thread and accepts a SIGALRM-only timeout.
+
 Reward functions are batch functions ``(completions: list[str], answers: list[str]) -> list[float]``,
 looked up by :func:`get_reward_fn` from a registered name (``"math"``) or a ``"module:function"`` path.
+:func:`answer_key` gives the vote key of a completion for majority voting.
 """
 
 from __future__ import annotations
@@ -139,7 +146,20 @@ def _math_verify():
     """math-verify, imported on first use so that importing llmac.rewards stays cheap."""
     import math_verify
 
+    _quiet_math_verify()
     return math_verify
+
+
+def _drop_disabled_timeout_notice(record: logging.LogRecord) -> bool:
+    """Log filter: math-verify warns once that its timeout is off; llmac enforces the timeout itself."""
+    return not str(record.msg).startswith("Timeout is disabled")
+
+
+def _quiet_math_verify() -> None:
+    for name in ("math_verify.parser", "math_verify.grader"):
+        log = logging.getLogger(name)
+        if _drop_disabled_timeout_notice not in log.filters:
+            log.addFilter(_drop_disabled_timeout_notice)
 
 
 def _parse(text: str, latex: bool) -> list:
@@ -205,7 +225,7 @@ def judge(completion: str, answer: str) -> tuple[Outcome, str]:
 
 
 class _ItemTimeout(BaseException):
-    """Raised by SIGALRM inside an item; a BaseException so that math-verify's ``except Exception`` lets it pass."""
+    """Raised by SIGALRM in an item: a BaseException, so math-verify's ``except Exception`` lets it pass."""
 
 
 @contextmanager
@@ -230,31 +250,42 @@ def _alarm(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _judge_with_alarm(completion: str, answer: str, seconds: float | None) -> tuple[Outcome, str]:
+def _key(completion: str) -> str | None:
+    """See :func:`answer_key` (this one runs without a timeout)."""
+    if not isinstance(completion, str) or (span := extract_final_answer(completion)) is None:
+        return None
+    try:
+        parsed = _parse(span.text, span.latex)
+    except Exception:  # a key is best effort: fall back to the span's text
+        return span.text
+    from sympy import Integer, Number
+
+    for item in parsed:
+        if isinstance(item, Integer):
+            return str(item)
+        if isinstance(item, Number):  # a Float or Rational: 0.5, 1/2 and 0.50 vote together
+            value = float(item)
+            return str(int(value)) if value.is_integer() else format(value, ".10g")
+    return str(parsed[-1]) if parsed else span.text
+
+
+# What a worker (or the inline mode) can run on one item.
+_TASKS: dict[str, Callable] = {"judge": judge, "key": _key}
+
+
+def _run_item(task: str, args: tuple, seconds: float | None) -> tuple[bool, object]:
+    """``(True, result)`` of one task item, or ``(False, None)`` if SIGALRM interrupted it."""
     try:
         with _alarm(seconds):
-            return judge(completion, answer)
+            return True, _TASKS[task](*args)
     except _ItemTimeout:
-        return Outcome.TIMEOUT, "interrupted"
-
-
-def _drop_disabled_timeout_notice(record: logging.LogRecord) -> bool:
-    """Log filter: math-verify warns once that its timeout is off; llmac enforces the timeout itself."""
-    return not str(record.msg).startswith("Timeout is disabled")
-
-
-def _quiet_math_verify() -> None:
-    for name in ("math_verify.parser", "math_verify.grader"):
-        log = logging.getLogger(name)
-        if _drop_disabled_timeout_notice not in log.filters:
-            log.addFilter(_drop_disabled_timeout_notice)
+        return False, None
 
 
 def _worker_main(fd: int) -> None:
-    """The child's loop: read ``("score", seconds, items)``, send one ``(outcome, detail)`` per item."""
+    """The worker's loop: read ``("run", task, seconds, items)``, answer each item with :func:`_run_item`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     logging.basicConfig(level=logging.ERROR)
-    _quiet_math_verify()
     _math_verify()  # import before saying ready, so the parent's per-item clock excludes it
     conn = Connection(fd)
     conn.send(("ready", os.getpid()))
@@ -265,10 +296,9 @@ def _worker_main(fd: int) -> None:
             return
         if message[0] == "stop":
             return
-        _, seconds, items = message
-        for completion, answer in items:
-            outcome, detail = _judge_with_alarm(completion, answer, seconds)
-            conn.send((outcome.value, detail))
+        _, task, seconds, items = message
+        for args in items:
+            conn.send(_run_item(task, args, seconds))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -311,6 +341,7 @@ _STAT_FIELD = {outcome: outcome.value for outcome in Outcome} | {
     Outcome.ERROR: "errors",
     Outcome.TIMEOUT: "timeouts",
 }
+_FAILED_RUN = {"timeout": Outcome.TIMEOUT, "crash": Outcome.ERROR}
 _PROBLEMS = (
     Outcome.NO_ANSWER,
     Outcome.UNPARSABLE_ANSWER,
@@ -344,8 +375,8 @@ class _ProblemReport:
             total = getattr(totals, _STAT_FIELD[outcome])
             if outcome is Outcome.UNPARSABLE_GOLD:
                 logger.error(
-                    "rewards: %d gold answer(s) math-verify cannot read (data bug; their completions score 0.0; "
-                    "%d so far), e.g. %s",
+                    "rewards: %d gold answer(s) math-verify cannot read (a data bug; their completions "
+                    "score 0.0; %d so far), e.g. %s",
                     n, total, example,
                 )  # fmt: skip
             else:
@@ -379,16 +410,16 @@ class VerifierConfig:
     mode: Literal["process", "inline"] = field(
         default="process",
         metadata={
-            "help": "'process': sympy runs in a child process that is killed on a timeout (works in any thread "
-            "or process). 'inline': in the caller's process, faster to start; the timeout then only works "
-            "from the main thread (SIGALRM) and is off elsewhere."
+            "help": "'process': sympy runs in a child process that is killed on a timeout (works in any "
+            "thread or process). 'inline': in the caller's process, faster to start; the timeout then only "
+            "works from the main thread (SIGALRM) and is off elsewhere."
         },
     )
     soft_interrupt: bool = field(
         default=True,
         metadata={
-            "help": "Interrupt a slow item with SIGALRM where it runs, so the worker survives. The parent still "
-            "kills the worker if the item has not returned `kill_grace` seconds after the timeout."
+            "help": "Interrupt a slow item with SIGALRM where it runs, so the worker survives. The parent "
+            "still kills the worker if the item has not returned `kill_grace` seconds after the timeout."
         },
     )
     kill_grace: float = field(
@@ -462,20 +493,24 @@ class Verifier:
         """The :class:`Outcome` of each (completion, gold) pair."""
         if len(completions) != len(answers):
             raise ValueError(f"{len(completions)} completions but {len(answers)} answers")
-        self._forget_parent_worker()
         items = list(zip(completions, answers, strict=True))
-        with self._lock:
-            if self.config.mode == "inline":
-                results = self._check_inline(items)
-            else:
-                results = self._check_in_worker(items)
-            for (completion, answer), (outcome, detail) in zip(items, results, strict=True):
+        with self._locked():
+            outcomes = []
+            for (completion, answer), (status, value) in zip(items, self._run("judge", items), strict=True):
+                outcome, detail = value if status == "ok" else (_FAILED_RUN[status], value)
+                outcomes.append(outcome)
                 self._stats.count(outcome)
                 if outcome in _PROBLEMS:
                     shown = answer if outcome is Outcome.UNPARSABLE_GOLD else completion
                     self._report.add(outcome, _snippet(shown) + (f" ({detail})" if detail else ""))
             self._report.flush(self._stats)
-        return [outcome for outcome, _ in results]
+        return outcomes
+
+    def answer_keys(self, completions: Sequence[str]) -> list[str | None]:
+        """:func:`answer_key` of each completion, under the same timeout (None when it runs out)."""
+        with self._locked():
+            results = self._run("key", [(c,) for c in completions])
+        return [value if status == "ok" else None for status, value in results]
 
     @property
     def stats(self) -> RewardStats:
@@ -505,44 +540,61 @@ class Verifier:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- inline -------------------------------------------------------------------------------------
+    # -- running items ------------------------------------------------------------------------------
 
-    def _check_inline(self, items: list[tuple[str, str]]) -> list[tuple[Outcome, str]]:
-        _quiet_math_verify()
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._forget_parent_worker()
+        with self._lock:
+            yield
+
+    def _run(self, task: str, items: list[tuple]) -> list[tuple[str, object]]:
+        """``("ok", result)``, ``("timeout", detail)`` or ``("crash", detail)`` per item, in order."""
+        if self.config.mode == "inline":
+            return self._run_inline(task, items)
+        return self._run_in_worker(task, items)
+
+    def _run_inline(self, task: str, items: list[tuple]) -> list[tuple[str, object]]:
         seconds: float | None = self.config.timeout
         if threading.current_thread() is not threading.main_thread():
             seconds = None
             if not self._warned_no_timeout:
                 logger.warning(
-                    "rewards: inline Verifier called outside the main thread: items run without timeout"
+                    "rewards: inline Verifier used outside the main thread: items run without timeout"
                 )
                 self._warned_no_timeout = True
-        return [_judge_with_alarm(c, a, seconds) for c, a in items]
+        results = []
+        for args in items:
+            finished, value = _run_item(task, args, seconds)
+            results.append(("ok", value) if finished else ("timeout", "interrupted"))
+        return results
 
-    # -- worker process -----------------------------------------------------------------------------
-
-    def _check_in_worker(self, items: list[tuple[str, str]]) -> list[tuple[Outcome, str]]:
+    def _run_in_worker(self, task: str, items: list[tuple]) -> list[tuple[str, object]]:
         cfg = self.config
         soft = cfg.timeout if cfg.soft_interrupt else None
         deadline = cfg.timeout + cfg.kill_grace if cfg.soft_interrupt else cfg.timeout
-        results: list[tuple[Outcome, str]] = []
+        results: list[tuple[str, object]] = []
         while len(results) < len(items):
             worker = self._ensure_worker()
-            worker.conn.send(("score", soft, items[len(results) :]))
+            try:
+                worker.conn.send(("run", task, soft, items[len(results) :]))
+            except OSError:  # the worker died while idle (killed from outside): start another once
+                self._restart()
+                worker = self._ensure_worker()
+                worker.conn.send(("run", task, soft, items[len(results) :]))
             # Results come back in order, so the item in progress is always the next one expected.
             while len(results) < len(items):
                 if not worker.conn.poll(deadline):
-                    results.append((Outcome.TIMEOUT, f"killed after {deadline:g}s"))
+                    results.append(("timeout", f"killed after {deadline:g}s"))
                     self._restart()
                     break
                 try:
-                    outcome, detail = worker.conn.recv()
+                    finished, value = worker.conn.recv()
                 except (EOFError, OSError):
-                    code = worker.process.poll()
-                    results.append((Outcome.ERROR, f"worker died (exit code {code})"))
+                    results.append(("crash", f"worker died (exit code {worker.process.poll()})"))
                     self._restart()
                     break
-                results.append((Outcome(outcome), detail))
+                results.append(("ok", value) if finished else ("timeout", "interrupted"))
         return results
 
     def _restart(self) -> None:
@@ -550,9 +602,10 @@ class Verifier:
         self._stats.restarts += 1
 
     def _ensure_worker(self) -> _Worker:
-        if self._worker is not None and self._worker.process.poll() is None:
-            return self._worker
-        self._drop_worker(kill=True)
+        if self._worker is not None:
+            if self._worker.process.poll() is None:
+                return self._worker
+            self._restart()  # it died while idle (killed from outside, out of memory)
         self._worker = self._start_worker()
         return self._worker
 
@@ -625,7 +678,7 @@ def default_verifier() -> Verifier:
 
 
 def set_default_verifier(verifier: Verifier) -> Verifier | None:
-    """Make ``verifier`` the one behind :func:`math_reward` / :func:`math_rewards`; returns the previous one."""
+    """Make ``verifier`` the one behind :func:`math_reward` and :func:`math_rewards`; returns the old one."""
     global _default_verifier
     with _default_lock:
         previous, _default_verifier = _default_verifier, verifier
@@ -640,26 +693,11 @@ def math_reward(completion: str, answer: str) -> float:
 def answer_key(completion: str) -> str | None:
     """A vote key for majority voting: the final answer in a canonical form, None if there is none.
 
-    "18", "$18", "18.00" and "\\boxed{18}" share a key. Parsing runs in-process without a timeout
-    (it does not evaluate; the slow part of checking is the comparison); a span math-verify cannot
-    read keys by its text.
+    "18", "$18", "18.00" and "\\boxed{18}" share a key, as do "0.5" and "\\frac{1}{2}"; other
+    expressions key by math-verify's reading of them. Runs in the default verifier's worker, since
+    parsing alone can hang on nested LaTeX.
     """
-    span = extract_final_answer(completion)
-    if span is None:
-        return None
-    try:
-        parsed = _parse(span.text, span.latex)
-    except Exception:  # a key is best effort
-        return span.text
-    from sympy import Float, Number
-
-    for item in parsed:
-        if isinstance(item, Number):
-            if isinstance(item, Float):
-                value = float(item)
-                return str(int(value)) if value.is_integer() else repr(value)
-            return str(item)
-    return str(parsed[1]) if len(parsed) > 1 else span.text
+    return default_verifier().answer_keys([completion])[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -675,14 +713,18 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
         raise ValueError(f"reward name must be non-empty and without ':', got {name!r}")
 
     def decorate(fn: RewardFn) -> RewardFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(
-                f"reward {name!r} is already registered ({_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})"
-            )
+        known = _REGISTRY.get(name)
+        # Registering the same function again (a module reloaded, a notebook cell re-run) replaces it.
+        if known is not None and _qualified(known) != _qualified(fn):
+            raise ValueError(f"reward {name!r} is already registered to {_qualified(known)}")
         _REGISTRY[name] = fn
         return fn
 
     return decorate
+
+
+def _qualified(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def registered_rewards() -> list[str]:
@@ -691,7 +733,7 @@ def registered_rewards() -> list[str]:
 
 
 def get_reward_fn(name_or_path: str) -> RewardFn:
-    """A batch reward function ``(completions, answers) -> list[float]`` by registered name or ``module:function``."""
+    """A batch reward ``(completions, answers) -> list[float]`` by registered name or ``"module:func"``."""
     if ":" not in name_or_path:
         if name_or_path in _REGISTRY:
             return _REGISTRY[name_or_path]
