@@ -432,7 +432,7 @@ def test_registry_by_name_and_import_path():
         with pytest.raises(ValueError, match="already registered"):
             register_reward("test_length")(lambda completions, answers: [])
     finally:
-        from llmac import rewards
+        from llmac.rewards import registry as rewards
 
         rewards._REGISTRY.pop("test_length", None)
 
