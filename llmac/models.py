@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -21,9 +21,14 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-PAD, EOS, USER, ASSISTANT = "<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>"
+PAD, EOS, USER, ASSISTANT = "<|pad|>", "<|endoftext|>", "<|user|>", "<|assistant|>"
 
-# The tiny tokenizer's chat template: "<|user|>question\n<|assistant|>answer<|eos|>".
+# Qwen2's pre-tokenization: transformers rebuilds any tokenizer saved beside a Qwen2 config as a
+# Qwen2Tokenizer (byte-level, this regex, NFC, unk/eos "<|endoftext|>"), so the tiny tokenizer is
+# built the same way and reloads token for token.
+_QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+# The tiny tokenizer's chat template: "<|user|>question\n<|assistant|>answer<|endoftext|>".
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'user' %}" + USER + "{{ m['content'] }}\n"
@@ -50,21 +55,33 @@ class TinyModelConfig:
 
 
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 0) -> PreTrainedTokenizerFast:
-    """A BPE tokenizer trained on ``texts``; ``vocab_size=0`` gives one token per character."""
+    """A byte-level BPE tokenizer trained on ``texts``; ``vocab_size=0`` gives one token per character.
+
+    Only the bytes that occur in ``texts`` get a token, so the vocabulary stays tiny (~30 for the
+    arithmetic task); text with other characters cannot be encoded.
+    """
     texts = list(texts)
-    alphabet = sorted({ch for text in texts for ch in text})
-    specials = [PAD, EOS, USER, ASSISTANT]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    alphabet = sorted(
+        {ch for text in texts for piece, _ in byte_level.pre_tokenize_str(text) for ch in piece}
+    )
+    specials = [EOS, PAD, USER, ASSISTANT]
     size = vocab_size or len(alphabet) + len(specials)
     backend = Tokenizer(models.BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"), byte_level]
+    )
+    backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
     )
     backend.train_from_iterator(texts, trainer)
-    backend.decoder = decoders.Fuse()  # concatenate pieces as they are: no spaces between tokens
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD,
         eos_token=EOS,
+        unk_token=EOS,
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
