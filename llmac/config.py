@@ -46,7 +46,7 @@ class ModelConfig:
         )
 
 
-def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None):
+def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None, prog: str | None = None):
     """Instances of ``dataclass_types`` from ``--config recipe.yaml`` and ``--field value`` overrides.
 
     Trainer arguments get the process-group backend this machine needs (gloo without CUDA) as their
@@ -57,7 +57,7 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None):
 
     from llmac.distributed import trainer_kwargs
 
-    parser = TrlParser(list(dataclass_types))
+    parser = TrlParser(list(dataclass_types), prog=prog)
     if any(issubclass(t, TrainingArguments) for t in dataclass_types):
         parser.set_defaults(**trainer_kwargs())
     return parser.parse_args_and_config(args=argv)

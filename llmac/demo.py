@@ -45,7 +45,7 @@ def _is_saved_model(path: Path) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     demo, model_config, task_config, sft_args, engine_config = parse_config(
-        [DemoConfig, ModelConfig, TaskConfig, SFTConfig, EngineConfig], argv
+        [DemoConfig, ModelConfig, TaskConfig, SFTConfig, EngineConfig], argv, prog="llmac demo"
     )
     run_dir = Path(demo.run_dir)
     started = time.perf_counter()

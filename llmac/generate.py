@@ -51,7 +51,9 @@ class RolloutRunConfig:
 
 
 def generate_main(argv: Sequence[str] | None = None) -> Path:
-    run, task, engine_config = parse_config([RolloutRunConfig, TaskConfig, EngineConfig], argv)
+    run, task, engine_config = parse_config(
+        [RolloutRunConfig, TaskConfig, EngineConfig], argv, prog="llmac generate"
+    )
     run.check()
     if not run.output_dir:
         raise SystemExit("llmac generate: --output_dir is required")
@@ -73,7 +75,9 @@ def generate_main(argv: Sequence[str] | None = None) -> Path:
 
 
 def eval_main(argv: Sequence[str] | None = None) -> EvalResult:
-    run, task, engine_config = parse_config([RolloutRunConfig, TaskConfig, EngineConfig], argv)
+    run, task, engine_config = parse_config(
+        [RolloutRunConfig, TaskConfig, EngineConfig], argv, prog="llmac eval"
+    )
     run.check()
     engine = build_engine(run.model_name_or_path, engine_config)
     try:

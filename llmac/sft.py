@@ -80,7 +80,9 @@ def run_sft(model_config: ModelConfig, task_config: TaskConfig, args: SFTConfig)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    model_config, task_config, args = parse_config([ModelConfig, TaskConfig, SFTConfig], argv)
+    model_config, task_config, args = parse_config(
+        [ModelConfig, TaskConfig, SFTConfig], argv, prog="llmac sft"
+    )
     return run_sft(model_config, task_config, args)
 
 
