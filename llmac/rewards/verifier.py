@@ -238,12 +238,12 @@ class Verifier:
     @property
     def stats(self) -> RewardStats:
         """A copy of the counts so far."""
-        with self._lock:
+        with self._locked():
             return dataclasses.replace(self._stats)
 
     def reset_stats(self) -> RewardStats:
         """The counts so far, then zero them (for per-step logging)."""
-        with self._lock:
+        with self._locked():
             stats, self._stats = self._stats, RewardStats()
             return stats
 
@@ -254,7 +254,7 @@ class Verifier:
 
     def close(self) -> None:
         """Stop the worker (a later call starts a new one)."""
-        with self._lock:
+        with self._locked():
             self._drop_worker(kill=False)
 
     def __enter__(self) -> Verifier:
