@@ -21,7 +21,10 @@ class ModelConfig:
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or comma-separated names."}
+    )
     tiny_hidden_size: int = field(default=128, metadata={"help": "model=tiny: width."})
     tiny_num_layers: int = field(default=2, metadata={"help": "model=tiny: layers."})
     tiny_num_heads: int = field(default=4, metadata={"help": "model=tiny: attention heads."})
@@ -32,7 +35,12 @@ class ModelConfig:
 
         if not self.use_lora:
             return None
-        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, target_modules=self.lora_target_modules)
+        return LoraSettings(
+            r=self.lora_r,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            target_modules=self.lora_target_modules,
+        )
 
     def tiny_settings(self, seed: int = 0):
         from llmac.models import TinyModelConfig

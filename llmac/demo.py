@@ -23,7 +23,7 @@ from llmac.config import ModelConfig, parse_config
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
 from llmac.evaluation import evaluate
-from llmac.rewards import answer_key, math_rewards
+from llmac.rewards import answer_keys, math_rewards
 from llmac.sft import run_sft
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class DemoConfig:
 
 
 def _is_saved_model(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    """A finished ``save_pretrained`` (single or sharded safetensors), not a half-written folder."""
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             held_out,
             SamplingConfig(n=1, temperature=0.0, max_new_tokens=demo.eval_max_new_tokens),
             math_rewards,
-            answer_key,
+            answer_keys,
         )
         sampled, _ = evaluate(
             engine,
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 seed=sft_args.seed,
             ),
             math_rewards,
-            answer_key,
+            answer_keys,
         )
     finally:
         engine.close()

@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from datasets import Dataset
 
 from llmac.engines.base import RolloutEngine, SamplingConfig
 from llmac.rollouts import RewardFn, group_rows, sample_rollouts
+
+# completions -> one vote key each (the canonical final answer, None when there is none)
+AnswerKeysFn = Callable[[list[str]], list[str | None]]
 
 
 def pass_at_1(rewards: Sequence[Sequence[float]]) -> float:
@@ -67,12 +71,12 @@ class EvalResult:
         )
 
 
-def metrics_from_rollouts(rollouts: Dataset, answer_key: Callable[[str], str | None]) -> EvalResult:
+def metrics_from_rollouts(rollouts: Dataset, answer_keys: AnswerKeysFn) -> EvalResult:
     """Accuracy figures of a rollout dataset (see :mod:`llmac.rollouts` for its columns)."""
     groups = group_rows(rollouts["prompt_index"])
-    reward, completion = list(rollouts["reward"]), list(rollouts["completion"])
+    reward, key = list(rollouts["reward"]), answer_keys(list(rollouts["completion"]))
     rewards = [[reward[i] for i in g] for g in groups]
-    keys = [[answer_key(completion[i]) for i in g] for g in groups]
+    keys = [[key[i] for i in g] for g in groups]
     return EvalResult(
         num_prompts=len(groups),
         samples_per_prompt=max(len(g) for g in groups),
@@ -87,8 +91,9 @@ def evaluate(
     rows: Dataset,
     sampling: SamplingConfig,
     reward_fn: RewardFn,
-    answer_key: Callable[[str], str | None],
+    answer_keys: AnswerKeysFn,
+    shard_dir: str | Path | None = None,
 ) -> tuple[EvalResult, Dataset]:
     """Sample ``sampling.n`` completions per row, verify them, and score pass@1 / pass@k / maj@k."""
-    rollouts = sample_rollouts(engine, rows, sampling, reward_fn)
-    return metrics_from_rollouts(rollouts, answer_key), rollouts
+    rollouts = sample_rollouts(engine, rows, sampling, reward_fn, shard_dir=shard_dir)
+    return metrics_from_rollouts(rollouts, answer_keys), rollouts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from llmac.config import parse_config
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
 from llmac.evaluation import EvalResult, evaluate
-from llmac.rewards import answer_key, get_reward_fn
+from llmac.rewards import answer_keys, get_reward_fn
 from llmac.rollouts import sample_rollouts, save_dataset_atomically
 
 logger = logging.getLogger(__name__)
@@ -57,14 +58,20 @@ def generate_main(argv: Sequence[str] | None = None) -> Path:
     run.check()
     if not run.output_dir:
         raise SystemExit("llmac generate: --output_dir is required")
+    shards = Path(run.output_dir + ".shards")  # finished batches, kept until the dataset is saved
     engine = build_engine(run.model_name_or_path, engine_config)
     try:
         rollouts = sample_rollouts(
-            engine, load_task(task, run.split), run.sampling(), get_reward_fn(run.reward)
+            engine,
+            load_task(task, run.split),
+            run.sampling(),
+            get_reward_fn(run.reward),
+            shard_dir=shards,
         )
     finally:
         engine.close()
     path = save_dataset_atomically(rollouts, run.output_dir)
+    shutil.rmtree(shards)
     logger.info(
         "wrote %d rollouts to %s (mean reward %.4f)",
         len(rollouts),
@@ -81,8 +88,9 @@ def eval_main(argv: Sequence[str] | None = None) -> EvalResult:
     run.check()
     engine = build_engine(run.model_name_or_path, engine_config)
     try:
+        shards = Path(run.output_dir) / "shards" if run.output_dir else None
         result, rollouts = evaluate(
-            engine, load_task(task, run.split), run.sampling(), get_reward_fn(run.reward), answer_key
+            engine, load_task(task, run.split), run.sampling(), get_reward_fn(run.reward), answer_keys, shards
         )
     finally:
         engine.close()
@@ -90,4 +98,5 @@ def eval_main(argv: Sequence[str] | None = None) -> EvalResult:
     if run.output_dir:
         save_dataset_atomically(rollouts, Path(run.output_dir) / "rollouts")
         (Path(run.output_dir) / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
+        shutil.rmtree(shards)
     return result

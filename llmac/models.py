@@ -180,8 +180,23 @@ class LoraSettings:
     )
 
 
+def lora_config(lora: LoraSettings):
+    """The peft ``LoraConfig`` of ``lora`` for a causal LM (comma-separated targets become a list)."""
+    from peft import LoraConfig
+
+    targets = lora.target_modules
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        # peft reads a string as one regex over module names, so "q_proj,v_proj" must be split.
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        task_type="CAUSAL_LM",
+    )
+
+
 def load_tokenizer(name_or_path: str | Path):
-    """A tokenizer with a pad token and left padding (what batched generation wants)."""
+    """A tokenizer with a pad token (the EOS token when it has none)."""
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -192,18 +207,10 @@ def load_actor(
     name_or_path: str | Path, dtype: str | torch.dtype = "float32", lora: LoraSettings | None = None
 ) -> torch.nn.Module:
     """Load a causal LM with plain ``from_pretrained`` (no remote code, safetensors), LoRA-wrapped if asked."""
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype, use_safetensors=True)
     if lora is None:
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    targets = lora.target_modules
-    peft_config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, peft_config)
+    return get_peft_model(model, lora_config(lora))

@@ -18,7 +18,7 @@ from trl import SFTConfig, SFTTrainer
 from llmac.config import ModelConfig, parse_config
 from llmac.data.loading import format_prompt
 from llmac.data.tasks import TaskConfig, load_task
-from llmac.models import build_tiny_model, load_actor, load_tokenizer, train_tiny_tokenizer
+from llmac.models import build_tiny_model, load_actor, load_tokenizer, lora_config, train_tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +56,8 @@ def run_sft(model_config: ModelConfig, task_config: TaskConfig, args: SFTConfig)
     """Train, save the final model (full weights) and tokenizer to ``args.output_dir``, return it."""
     model, tokenizer = build_actor(model_config, task_config, seed=args.seed)
     train_rows = sft_dataset(load_task(task_config, "train"), tokenizer)
-    peft_config = None
     lora = model_config.lora_settings()
-    if lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, target_modules=lora.target_modules, task_type="CAUSAL_LM"
-        )
+    peft_config = lora_config(lora) if lora is not None else None
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_rows, processing_class=tokenizer, peft_config=peft_config
     )

@@ -122,9 +122,11 @@ def step_token_ends(
 def broadcast_to_tokens(
     step_values: Sequence[float], step_ends: Sequence[int], num_tokens: int
 ) -> list[float]:
-    """Give every token the value of the step it belongs to (tokens after the last step end get 0).
+    """Give every token the value of the step it belongs to.
 
-    Token ``i`` belongs to the first step whose end index is ``>= i``.
+    Token ``i`` belongs to the first step whose end index is ``>= i``. Tokens after the last step end
+    (an EOS, which decoded text does not show) belong to the last step: ending the response is part
+    of taking it. With no steps every token gets 0.
     """
     if len(step_values) != len(step_ends):
         raise ValueError(f"{len(step_values)} step values for {len(step_ends)} steps")
@@ -134,4 +136,6 @@ def broadcast_to_tokens(
         for i in range(start, min(end + 1, num_tokens)):
             out[i] = float(value)
         start = max(start, end + 1)
+    for i in range(start, num_tokens if step_values else 0):
+        out[i] = float(step_values[-1])
     return out

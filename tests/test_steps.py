@@ -110,8 +110,9 @@ def test_token_char_ends_bytes_of_one_character():
 
 
 def test_broadcast_to_tokens_hand_cases():
-    assert broadcast_to_tokens([0.5, -1.0], [1, 4], 6) == [0.5, 0.5, -1.0, -1.0, -1.0, 0.0]
-    assert broadcast_to_tokens([2.0], [0], 3) == [2.0, 0.0, 0.0]
+    assert broadcast_to_tokens([0.5, -1.0], [1, 4], 6) == [0.5, 0.5, -1.0, -1.0, -1.0, -1.0]  # EOS: last step
+    assert broadcast_to_tokens([2.0], [0], 3) == [2.0, 2.0, 2.0]
+    assert broadcast_to_tokens([], [], 2) == [0.0, 0.0]
     # two steps ending at one token: the token takes the first step's value
     assert broadcast_to_tokens([1.0, 2.0, 3.0], [0, 0, 2], 3) == [1.0, 3.0, 3.0]
     with pytest.raises(ValueError, match="2 step values for 1 steps"):

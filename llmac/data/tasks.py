@@ -24,7 +24,9 @@ class TaskConfig(ArithmeticTaskConfig):
         default=20000, metadata={"help": "Training problems (arithmetic: generated; others: cap)."}
     )
     num_eval: int = field(default=200, metadata={"help": "Held-out problems for evaluation."})
-    task_seed: int = field(default=0, metadata={"help": "Seed of the generated task (eval uses seed + 1)."})
+    task_seed: int = field(
+        default=0, metadata={"help": "Seed of the generated task (eval draws from another seed)."}
+    )
     train_path: str | None = field(
         default=None, metadata={"help": "task=file: training data (jsonl/parquet/dir)."}
     )

@@ -36,6 +36,8 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.n must be >= 1, got {self.n}")
         if self.temperature < 0:
             raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
@@ -80,7 +82,12 @@ class RolloutEngine(Protocol):
     def sample_step(
         self, prompts: Sequence[PromptLike], prefixes: Sequence[PromptLike], sampling: SamplingConfig
     ) -> list[list[Completion]]:
-        """``sampling.n`` candidates for exactly one next step after each prompt + prefix."""
+        """``sampling.n`` candidates for the next step after each prompt + prefix.
+
+        Generation stops at the first token that completes the delimiter. A token that also carries
+        the start of the following text (possible with BPE merges across the delimiter) brings that
+        text along, so ``step_ends`` can then hold two entries.
+        """
         ...
 
     def continue_from(
@@ -141,7 +148,11 @@ class BaseEngine(ABC):
         return self._run(self._join(prompts, prefixes), sampling, stop_at_delimiter=False)
 
     def encode(self, text_or_ids: PromptLike) -> Tokens:
-        """Token ids of a prompt or prefix; text is taken as already chat-templated."""
+        """Token ids of a prompt or prefix; text is taken as already chat-templated.
+
+        A text prefix is tokenized on its own, which can differ from the tokens the model generated
+        for it; pass generated token ids to continue exactly where a sample left off.
+        """
         if isinstance(text_or_ids, str):
             return list(self.tokenizer(text_or_ids, add_special_tokens=False)["input_ids"])
         return [int(t) for t in text_or_ids]

@@ -13,6 +13,7 @@ from llmac.rewards.answers import FinalAnswer, Outcome, extract_final_answer, ju
 from llmac.rewards.registry import (
     RewardFn,
     answer_key,
+    answer_keys,
     default_verifier,
     get_reward_fn,
     math_reward,
@@ -31,6 +32,7 @@ __all__ = [
     "Verifier",
     "VerifierConfig",
     "answer_key",
+    "answer_keys",
     "default_verifier",
     "extract_final_answer",
     "get_reward_fn",

@@ -121,4 +121,9 @@ def answer_key(completion: str) -> str | None:
     expressions key by math-verify's reading of them. Runs in the default verifier's worker, since
     parsing alone can hang on nested LaTeX.
     """
-    return default_verifier().answer_keys([completion])[0]
+    return answer_keys([completion])[0]
+
+
+def answer_keys(completions: list[str]) -> list[str | None]:
+    """:func:`answer_key` of many completions in one round trip to the verifier's worker."""
+    return default_verifier().answer_keys(completions)
