@@ -21,9 +21,15 @@ class TaskConfig(ArithmeticTaskConfig):
         },
     )
     num_train: int = field(
-        default=20000, metadata={"help": "Training problems (arithmetic: generated; others: cap)."}
+        default=20000,
+        metadata={
+            "help": "Training problems (arithmetic: how many to generate; gsm8k/file: a cap, 0 = all)."
+        },
     )
-    num_eval: int = field(default=200, metadata={"help": "Held-out problems for evaluation."})
+    num_eval: int = field(
+        default=200,
+        metadata={"help": "Held-out problems (arithmetic: how many; gsm8k/file: a cap, 0 = all)."},
+    )
     task_seed: int = field(
         default=0, metadata={"help": "Seed of the generated task (eval draws from another seed)."}
     )
