@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasets import Dataset
+from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import SFTConfig, SFTTrainer
 
 from llmac.config import ModelConfig, parse_config
@@ -54,10 +55,13 @@ def sft_dataset(rows: Dataset, tokenizer) -> Dataset:
 
 def run_sft(model_config: ModelConfig, task_config: TaskConfig, args: SFTConfig) -> Path:
     """Train, save the final model (full weights) and tokenizer to ``args.output_dir``, return it."""
-    model, tokenizer = build_actor(model_config, task_config, seed=args.seed)
-    train_rows = sft_dataset(load_task(task_config, "train"), tokenizer)
     lora = model_config.lora_settings()
     peft_config = lora_config(lora) if lora is not None else None
+    if peft_config is not None and is_deepspeed_zero3_enabled():
+        # merge_and_unload below needs whole weights; ZeRO-3 shards them.
+        raise ValueError("llmac sft: LoRA under DeepSpeed ZeRO-3 is not supported yet; use a ZeRO-2 config")
+    model, tokenizer = build_actor(model_config, task_config, seed=args.seed)
+    train_rows = sft_dataset(load_task(task_config, "train"), tokenizer)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_rows, processing_class=tokenizer, peft_config=peft_config
     )

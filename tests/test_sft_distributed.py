@@ -45,3 +45,17 @@ def test_zero2_two_process_sft(tmp_path):
     initial_sd, trained_sd = initial.state_dict(), trained.state_dict()
     assert initial_sd.keys() == trained_sd.keys()
     assert any(not torch.equal(initial_sd[k], trained_sd[k]) for k in initial_sd), "weights did not change"
+
+
+@pytest.mark.distributed
+def test_lora_under_zero3_is_refused_with_a_clear_error(tmp_path):
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [
+        str(accelerate), "launch", "--config_file", "recipes/accelerate/zero3_cpu.yaml",
+        "-m", "llmac", "sft", "--config", "recipes/sft/tiny_arithmetic.yaml", "--num_train", "64",
+        "--max_steps", "2", "--use_lora", "--output_dir", str(tmp_path / "sft"),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert result.returncode != 0
+    assert "LoRA under DeepSpeed ZeRO-3 is not supported yet" in result.stderr
+    assert not (tmp_path / "sft").exists()  # refused before any work
