@@ -12,7 +12,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("llmac.sft", "main", "warm-start an actor on reference solutions (TRL SFTTrainer)"),
     "generate": ("llmac.generate", "generate_main", "sample verified rollouts into a datasets folder"),
     "eval": ("llmac.generate", "eval_main", "pass@1, pass@k and maj@k of an actor on a task"),
-    "demo": ("llmac.demo", "main", "the CPU demo: tiny actor -> SFT -> evaluation with vLLM"),
+    "critic": ("llmac.critic.cli", "main", "step critic: label | train | eval | score | inspect"),
+    "demo": ("llmac.demo", "main", "the CPU demo: SFT -> MC labels -> step critic -> evaluation"),
 }
 
 

@@ -8,6 +8,17 @@ VENV="${LLMAC_VENV:-.venv}"
 EXTRA="${LLMAC_EXTRA:-cpu}"
 PY="${PYTHON:-python3}"
 
+# 0. Debian's Chromium, for the critic inspector's browser test (skipped with a notice if absent).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+      || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; }) \
+      || echo "setup: could not install chromium; the inspector's browser test will be skipped" >&2
+  else
+    echo "setup: chromium not found; install Debian's 'chromium' for the inspector's browser test" >&2
+  fi
+fi
+
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --progress-bar off)
 

@@ -2,7 +2,14 @@
 
 from llmac.data.arithmetic import ArithmeticTaskConfig, arithmetic_dataset, solve_chain
 from llmac.data.gsm8k import MODEL_SOLUTION_SOURCES, load_gsm8k, load_gsm8k_model_solutions
-from llmac.data.loading import DataError, PromptDataConfig, build_prompts, format_prompt, load_prompts
+from llmac.data.loading import (
+    DataError,
+    PromptDataConfig,
+    build_prompts,
+    format_prompt,
+    load_prompts,
+    load_records,
+)
 from llmac.data.tasks import TaskConfig, load_task
 
 __all__ = [
@@ -17,6 +24,7 @@ __all__ = [
     "load_gsm8k",
     "load_gsm8k_model_solutions",
     "load_prompts",
+    "load_records",
     "load_task",
     "solve_chain",
 ]

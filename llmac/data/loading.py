@@ -333,3 +333,23 @@ def build_prompts(
     if prompt_column in dataset.column_names:
         dataset = dataset.remove_columns(prompt_column)
     return dataset.add_column(prompt_column, prompts)
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+def load_records(path: str | Path) -> Dataset:
+    """A dataset llmac wrote (a ``save_to_disk`` folder) or a ``.jsonl``/``.json``/``.parquet`` file."""
+    path = Path(path)
+    if path.is_dir() and any((path / marker).exists() for marker in _SAVE_TO_DISK_MARKERS):
+        loaded = load_from_disk(str(path))
+        if isinstance(loaded, DatasetDict):
+            raise DataError(f"{path}: holds several splits ({', '.join(loaded)}); give the split's folder")
+        return loaded
+    if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
+        return Dataset.from_json(str(path))
+    if path.is_file() and path.suffix.lower() == ".parquet":
+        return Dataset.from_parquet(str(path))
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    raise DataError(f"{path}: not a saved dataset folder nor a .jsonl/.json/.parquet file")

@@ -1,0 +1,252 @@
+"""``llmac critic label | train | eval | score | inspect``: the step critic's command line.
+
+Each subcommand fills its config dataclasses from ``--config recipe.yaml`` and ``--field value`` flags
+and runs one pipeline; every output is written atomically, and ``label`` resumes a killed run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llmac.config import parse_config
+from llmac.critic.evaluation import score_dataset, solutions_of
+from llmac.data.loading import load_records
+from llmac.data.tasks import TaskConfig, load_task
+from llmac.engines import EngineConfig, SamplingConfig, build_engine
+from llmac.rewards import answer_keys, get_reward_fn
+from llmac.rollouts import sample_rollouts, save_dataset_atomically
+
+logger = logging.getLogger(__name__)
+
+# subcommand -> (module, function, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "label": ("llmac.critic.cli", "label_main", "Monte-Carlo step labels for sampled solutions"),
+    "train": ("llmac.critic.training", "main", "train a step critic on labelled steps (BCE)"),
+    "eval": ("llmac.critic.cli", "eval_main", "step AUC, first-error F1 and best-of-N of a critic"),
+    "score": ("llmac.critic.cli", "score_main", "add a step_values column to a dataset of solutions"),
+    "inspect": ("llmac.critic.cli", "inspect_main", "an HTML page of solutions coloured by step value"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: llmac critic <command> [--config RECIPE.yaml] [--field value ...]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        sys.exit(f"llmac critic: unknown command {name!r}\n\n{usage()}")
+    module, function, _ = SUBCOMMANDS[name]
+    getattr(importlib.import_module(module), function)(rest)
+
+
+# ------------------------------------------------------------------------------------------- label
+
+
+@dataclass
+class LabelRunConfig:
+    """Which solutions to label: sampled here from an actor, or read from a rollout dataset."""
+
+    model_name_or_path: str = field(
+        default="", metadata={"help": "The actor that samples solutions and MC completions."}
+    )
+    solutions: str | None = field(
+        default=None,
+        metadata={"help": "A rollout dataset (`llmac generate`) to label; omit to sample from the task."},
+    )
+    split: str = field(default="train", metadata={"help": "Task split to sample solutions for."})
+    num_solutions: int = field(default=4, metadata={"help": "Solutions sampled per question."})
+    solution_temperature: float = field(default=1.0, metadata={"help": "Temperature of those solutions."})
+    solution_max_new_tokens: int = field(default=256, metadata={"help": "Tokens per solution at most."})
+    reward: str = field(default="math", metadata={"help": "Reward function: registered name or 'module:fn'."})
+    output_dir: str = field(default="", metadata={"help": "Where the labelled dataset is written."})
+
+
+def label_main(argv: Sequence[str] | None = None) -> Path:
+    from llmac.critic.labelling import MCLabelConfig, label_steps
+
+    run, mc, task, engine_config = parse_config(
+        [LabelRunConfig, MCLabelConfig, TaskConfig, EngineConfig], argv, prog="llmac critic label"
+    )
+    if not run.model_name_or_path or not run.output_dir:
+        raise SystemExit("llmac critic label: --model_name_or_path and --output_dir are required")
+    output = Path(run.output_dir)
+    work = output.with_name(output.name + ".partial")  # finished shards, kept until the end
+    reward_fn = get_reward_fn(run.reward)
+    engine = build_engine(run.model_name_or_path, engine_config)
+    try:
+        if run.solutions:
+            solutions = load_records(run.solutions)
+        else:
+            sampling = SamplingConfig(
+                n=run.num_solutions,
+                temperature=run.solution_temperature,
+                max_new_tokens=run.solution_max_new_tokens,
+                seed=mc.seed,
+            )
+            rows = load_task(task, run.split)
+            solutions = sample_rollouts(engine, rows, sampling, reward_fn, shard_dir=work / "solutions")
+        labelled = label_steps(engine, solutions, mc, reward_fn, shard_dir=work / "labels")
+    finally:
+        engine.close()
+    save_dataset_atomically(labelled, output)
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info(
+        "wrote %d labelled solutions (%d steps) to %s",
+        len(labelled),
+        sum(map(len, labelled["labels"])),
+        output,
+    )
+    return output
+
+
+# ------------------------------------------------------------------------------------------- score
+
+
+@dataclass
+class CriticRunConfig:
+    """A trained critic applied to a dataset."""
+
+    critic: str = field(default="", metadata={"help": "The critic folder (`llmac critic train` output)."})
+    data: str = field(
+        default="",
+        metadata={
+            "help": "Solutions: a rollout dataset (question, completion) or a labelled one (prompt, completions)."
+        },
+    )
+    output: str = field(default="", metadata={"help": "Where to write the result."})
+    batch_size: int = field(default=32, metadata={"help": "Solutions per forward pass."})
+    threshold: float = field(default=0.5, metadata={"help": "A step valued below this is flagged as wrong."})
+
+    def require(self, *names: str, prog: str) -> None:
+        missing = [f"--{n}" for n in names if not getattr(self, n)]
+        if missing:
+            raise SystemExit(f"{prog}: {' and '.join(missing)} required")
+
+
+def _load_critic(path: str):
+    from llmac.critic.model import critic_delimiter, load_critic, load_critic_tokenizer
+
+    model = load_critic(path)
+    return model, load_critic_tokenizer(path), critic_delimiter(model)
+
+
+def score_main(argv: Sequence[str] | None = None) -> Path:
+    (run,) = parse_config([CriticRunConfig], argv, prog="llmac critic score")
+    run.require("critic", "data", "output", prog="llmac critic score")
+    model, tokenizer, delimiter = _load_critic(run.critic)
+    data = load_records(run.data)
+    values = score_dataset(model, tokenizer, data, delimiter, run.batch_size)
+    if "step_values" in data.column_names:
+        data = data.remove_columns("step_values")
+    path = save_dataset_atomically(data.add_column("step_values", values), run.output)
+    logger.info("scored %d solutions into %s", len(values), path)
+    return path
+
+
+# -------------------------------------------------------------------------------------------- eval
+
+
+@dataclass
+class CriticEvalConfig:
+    """What to evaluate a critic on; give either dataset or both."""
+
+    critic: str = field(default="", metadata={"help": "The critic folder."})
+    labels: str | None = field(
+        default=None, metadata={"help": "Held-out MC-labelled solutions (`llmac critic label`): AUC, F1."}
+    )
+    rollouts: str | None = field(
+        default=None, metadata={"help": "Rollouts with n samples per question (`llmac generate`): best-of-n."}
+    )
+    threshold: float = field(
+        default=0.5, metadata={"help": "Label threshold for AUC; value threshold for F1."}
+    )
+    batch_size: int = field(default=32, metadata={"help": "Solutions per forward pass."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write metrics.json."})
+
+
+def evaluate_critic(model, tokenizer, delimiter: str, config: CriticEvalConfig) -> dict:
+    """The metrics ``config`` asks for, as a JSON-ready dict."""
+    from llmac.critic.evaluation import evaluate_on_labels, evaluate_selection
+
+    if not config.labels and not config.rollouts:
+        raise SystemExit("llmac critic eval: give --labels, --rollouts or both")
+    metrics: dict = {}
+    if config.labels:
+        labelled = load_records(config.labels)
+        metrics["labels"] = asdict(
+            evaluate_on_labels(model, tokenizer, labelled, delimiter, config.threshold, config.batch_size)
+        )
+    if config.rollouts:
+        selection = evaluate_selection(
+            model, tokenizer, load_records(config.rollouts), delimiter, answer_keys, config.batch_size
+        )
+        metrics["best_of_n"] = {**asdict(selection), "gain_over_random": selection.gain_over_random}
+    return metrics
+
+
+def eval_main(argv: Sequence[str] | None = None) -> dict:
+    (config,) = parse_config([CriticEvalConfig], argv, prog="llmac critic eval")
+    if not config.critic:
+        raise SystemExit("llmac critic eval: --critic is required")
+    model, tokenizer, delimiter = _load_critic(config.critic)
+    metrics = evaluate_critic(model, tokenizer, delimiter, config)
+    print(json.dumps(metrics, indent=2))
+    if config.output_dir:
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(config.output_dir) / "metrics.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(metrics, indent=2))
+        tmp.replace(path)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------- inspect
+
+
+@dataclass
+class InspectConfig(CriticRunConfig):
+    """Which solutions the HTML page shows."""
+
+    max_solutions: int = field(default=200, metadata={"help": "Show at most this many solutions."})
+
+
+def inspect_main(argv: Sequence[str] | None = None) -> Path:
+    from llmac.critic.inspector import write_inspector
+
+    (run,) = parse_config([InspectConfig], argv, prog="llmac critic inspect")
+    run.require("critic", "data", "output", prog="llmac critic inspect")
+    model, tokenizer, delimiter = _load_critic(run.critic)
+    data = load_records(run.data)
+    data = data.select(range(min(run.max_solutions, len(data))))
+    values = score_dataset(model, tokenizer, data, delimiter, run.batch_size)
+    return write_inspector(run.output, inspector_records(data, values, delimiter), threshold=run.threshold)
+
+
+def inspector_records(data, values: list[list[float]], delimiter: str) -> list[dict]:
+    """One record per solution for the inspector: question, steps, their values, and what is known."""
+    from llmac.steps import clean_steps
+
+    questions, responses = solutions_of(data)
+    records = []
+    for i, (question, response) in enumerate(zip(questions, responses, strict=True)):
+        steps = clean_steps(response, delimiter) if isinstance(response, str) else list(response)
+        record = {"question": question, "steps": steps, "values": values[i]}
+        for column in ("reward", "solution_reward", "answer", "labels"):
+            if column in data.column_names:
+                record[column] = data[column][i]
+        records.append(record)
+    return records
