@@ -78,18 +78,29 @@ def build_tiny_critic(
 
 
 def _zero_head(model: PreTrainedModel) -> None:
+    params = list(model.score.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        # Under ZeRO-3, from_pretrained leaves each process an empty placeholder per parameter: zero the
+        # gathered head (rank 0's change is scattered back on exit).
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0), torch.no_grad():
+            for p in params:
+                p.zero_()
+        return
     with torch.no_grad():
-        model.score.weight.zero_()
-        if model.score.bias is not None:
-            model.score.bias.zero_()
+        for p in params:
+            p.zero_()
 
 
 def load_critic(path: str | Path, dtype: str | torch.dtype = "float32") -> PreTrainedModel:
     """A saved critic, checked to be one: a token classifier with a single output."""
     config = AutoConfig.from_pretrained(str(path))
-    if getattr(config, "num_labels", None) != 1:
+    token_classifier = any(a.endswith("ForTokenClassification") for a in config.architectures or [])
+    if getattr(config, "num_labels", None) != 1 or not token_classifier:
         raise ValueError(
-            f"{path} is not a step critic: its config has num_labels={config.num_labels}, expected 1 "
+            f"{path} is not a step critic: its config has num_labels={config.num_labels} and "
+            f"architectures={config.architectures}; expected a *ForTokenClassification with num_labels=1 "
             "(a token-classification head with one value logit). To start a critic from an actor, use "
             "init_critic / `llmac critic train --init_from`."
         )

@@ -3,7 +3,8 @@
 The critic's input is ``format_prompt(tokenizer, question)`` followed by the response text. The value
 of step ``t`` is read at the token holding the step's last character: its delimiter for every step
 but the last, and the last step's final character (no EOS is appended). Reading each step where
-per-prefix scoring would read it makes the two agree exactly: causal attention means the forward
+per-prefix scoring would read it makes the two agree exactly (:func:`score_examples` against
+:func:`score_prefixes_separately`, the baseline ``bench/critic_scoring.py`` times): causal attention means the forward
 pass over the whole response computes, at each step end, what a pass over that prefix alone would.
 """
 
@@ -76,21 +77,34 @@ def value_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     return model(input_ids=input_ids, attention_mask=attention_mask).logits[..., 0].float()
 
 
+class _eval_mode:
+    """Put a model in eval mode for a block and restore its previous mode (scoring mid-training)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc_info) -> None:
+        self.model.train(self.was_training)
+
+
 @torch.no_grad()
 def score_examples(
     model, examples: Sequence[CriticExample], pad_id: int, batch_size: int = 32, progress: bool = False
 ) -> list[list[float]]:
     """V in (0, 1) at every step end, one forward pass per example, batched by similar length."""
-    model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     values: list[list[float]] = [[] for _ in examples]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="scoring steps", unit="batch", disable=not progress):
-        ids, mask = pad_batch([examples[i].input_ids for i in batch], pad_id)
-        probs = torch.sigmoid(value_logits(model, ids.to(device), mask.to(device))).cpu()
-        for row, i in enumerate(batch):
-            values[i] = probs[row, examples[i].step_positions].tolist()
+    with _eval_mode(model):
+        for batch in tqdm(batches, desc="scoring steps", unit="batch", disable=not progress):
+            ids, mask = pad_batch([examples[i].input_ids for i in batch], pad_id)
+            probs = torch.sigmoid(value_logits(model, ids.to(device), mask.to(device))).cpu()
+            for row, i in enumerate(batch):
+                values[i] = probs[row, examples[i].step_positions].tolist()
     return values
 
 
@@ -124,14 +138,19 @@ def score_prefixes_separately(
     This is how PRMs are often applied (score "question + steps so far", read the last token); it is
     the baseline the single-pass scorer is measured against.
     """
-    model.eval()
     device = next(model.parameters()).device
-    prefixes = [(i, ex.input_ids[: end + 1]) for i, ex in enumerate(examples) for end in ex.step_positions]
-    values: list[list[float]] = [[] for _ in examples]
-    for start in range(0, len(prefixes), batch_size):
-        chunk = prefixes[start : start + batch_size]
-        ids, mask = pad_batch([p for _, p in chunk], pad_id)
-        probs = torch.sigmoid(value_logits(model, ids.to(device), mask.to(device))).cpu()
-        for row, (i, prefix) in enumerate(chunk):
-            values[i].append(probs[row, len(prefix) - 1].item())
+    prefixes = [
+        (i, t, ex.input_ids[: end + 1])
+        for i, ex in enumerate(examples)
+        for t, end in enumerate(ex.step_positions)
+    ]
+    prefixes.sort(key=lambda item: len(item[2]))  # batch similar lengths, as score_examples does
+    values = [[0.0] * len(ex.step_positions) for ex in examples]
+    with _eval_mode(model):
+        for start in range(0, len(prefixes), batch_size):
+            chunk = prefixes[start : start + batch_size]
+            ids, mask = pad_batch([p for _, _, p in chunk], pad_id)
+            probs = torch.sigmoid(value_logits(model, ids.to(device), mask.to(device))).cpu()
+            for row, (i, t, prefix) in enumerate(chunk):
+                values[i][t] = probs[row, len(prefix) - 1].item()
     return values

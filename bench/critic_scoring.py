@@ -1,0 +1,171 @@
+"""Critic scoring: one forward pass per solution against one forward pass per step prefix.
+
+Both methods score the same encoded arithmetic solutions with the same critic and batch size:
+``score_examples`` reads every step's value from one pass over question + solution, and
+``score_prefixes_separately`` runs question + steps ``0..t`` once per step ``t`` (how PRMs are often
+applied). The critic is ``init_critic`` on llmac's tiny actor (a few next-token steps, which only make
+it a realistic checkpoint; training does not change the timing) with a random value head, scaled so
+its logits have mean 0 and spread 1 on a few solutions, so values vary. The two methods must agree
+within 1e-4 (the script exits non-zero otherwise). Each method gets a warm-up call, then timed calls
+alternate and each method's best run counts (the 2 cores are shared, so single runs are noisy).
+Building the model and encoding are not timed. The last line printed is
+``ratio=<per_prefix_time/single_pass_time>``.
+
+Default problems have 6-8 numbers: 5-7 operations, so 6-8 steps with the ``Answer:`` line. When other
+jobs load the CPU, torch's default threads spin against them and every time grows many-fold (the ratio
+barely moves); ``--threads 1`` keeps the run short.
+
+    python bench/critic_scoring.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from llmac.critic.model import critic_delimiter, init_critic, load_critic_tokenizer
+from llmac.critic.scoring import CriticExample, encode_example, score_examples, score_prefixes_separately
+from llmac.data import ArithmeticTaskConfig, arithmetic_dataset
+from llmac.models import TinyModelConfig, warm_tiny_actor
+
+TOLERANCE = 1e-4
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="Fewer completions and repeats (under a minute)."
+    )
+    parser.add_argument(
+        "--completions", type=int, default=None, help="Solutions to score (default 256, quick 64)."
+    )
+    parser.add_argument(
+        "--min-terms", type=int, default=6, help="Fewest numbers per problem (steps = terms)."
+    )
+    parser.add_argument("--max-terms", type=int, default=8, help="Most numbers per problem.")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="Sequences per forward pass (both methods)."
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="Timed calls per method (default 5, quick 3)."
+    )
+    parser.add_argument("--hidden-size", type=int, default=128, help="Tiny model width.")
+    parser.add_argument("--layers", type=int, default=2, help="Tiny model layers.")
+    parser.add_argument("--train-steps", type=int, default=5, help="Next-token steps of the tiny actor.")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the model, its head and the problems.")
+    return parser.parse_args()
+
+
+@torch.no_grad()
+def randomize_head(model: torch.nn.Module, examples: list[CriticExample], seed: int) -> None:
+    """A random value head, scaled and shifted so its logits on ``examples`` have mean 0 and std 1.
+
+    A plain random head is not enough: hidden states share a large common component, so on wider
+    backbones every value would sit within a few thousandths of the same number.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.cat(
+        [model.model(input_ids=torch.tensor([ex.input_ids])).last_hidden_state[0] for ex in examples]
+    )
+    direction = torch.randn(hidden.shape[1], generator=generator)
+    logits = hidden @ direction
+    model.score.weight.copy_((direction / logits.std())[None])
+    model.score.bias.fill_(-(logits.mean() / logits.std()).item())
+
+
+def timed(fn: Callable[[], list[list[float]]]) -> tuple[float, list[list[float]]]:
+    start = time.perf_counter()
+    values = fn()
+    return time.perf_counter() - start, values
+
+
+def max_difference(a: list[list[float]], b: list[list[float]]) -> float:
+    if [len(v) for v in a] != [len(v) for v in b]:
+        raise AssertionError("the two methods returned different numbers of steps")
+    return max(abs(x - y) for va, vb in zip(a, b, strict=True) for x, y in zip(va, vb, strict=True))
+
+
+def main() -> None:
+    args = parse_args()
+    wall = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    completions = args.completions or (64 if args.quick else 256)
+    repeats = args.repeats or (3 if args.quick else 5)
+    task = ArithmeticTaskConfig(min_terms=args.min_terms, max_terms=args.max_terms)
+    rows = arithmetic_dataset(completions, seed=args.seed + 1, config=task)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        size = TinyModelConfig(
+            hidden_size=args.hidden_size,
+            num_layers=args.layers,
+            intermediate_size=4 * args.hidden_size,
+            seed=args.seed,
+        )
+        model_dir = warm_tiny_actor(
+            rows["question"], rows["solution"], Path(tmp) / "tiny", args.train_steps, size
+        )
+        critic = init_critic(model_dir)
+        tokenizer = load_critic_tokenizer(model_dir)
+        print(f"built the critic ({args.train_steps} actor steps) in {time.perf_counter() - started:.1f}s")
+    delimiter = critic_delimiter(critic)
+    examples: list[CriticExample] = [
+        encode_example(tokenizer, q, s, delimiter)
+        for q, s in zip(rows["question"], rows["solution"], strict=True)
+    ]
+    randomize_head(critic, examples[:8], args.seed)
+    pad_id = tokenizer.pad_token_id
+    methods = {
+        "single_pass": lambda: score_examples(critic, examples, pad_id, args.batch_size),
+        "per_prefix": lambda: score_prefixes_separately(critic, examples, pad_id, args.batch_size),
+    }
+
+    values: dict[str, list[list[float]]] = {}
+    for name, fn in methods.items():
+        seconds, values[name] = timed(fn)
+        print(f"{name} warm-up call: {seconds:.2f}s")
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            seconds, _ = timed(fn)
+            times[name].append(seconds)
+            print(f"{name}: {seconds:.3f}s")
+
+    steps = [len(ex.step_positions) for ex in examples]
+    tokens = [len(ex.input_ids) for ex in examples]
+    prefix_tokens = sum(p + 1 for ex in examples for p in ex.step_positions)
+    parameters = sum(p.numel() for p in critic.parameters())
+    print(
+        f"workload: {len(examples)} completions, {sum(steps)} steps "
+        f"(per completion min {min(steps)} / mean {statistics.mean(steps):.1f} / max {max(steps)}), "
+        f"{sum(tokens)} tokens in full solutions, {prefix_tokens} in step prefixes"
+    )
+    print(
+        f"critic: {parameters / 1e6:.2f}M parameters (hidden {args.hidden_size}, {args.layers} layers); "
+        f"batch size {args.batch_size}, torch threads {torch.get_num_threads()}"
+    )
+    spread = [v for vs in values["single_pass"] for v in vs]
+    print(f"values: min {min(spread):.3f}, max {max(spread):.3f}")
+    best = {name: min(seconds) for name, seconds in times.items()}
+    for name in methods:
+        print(f"{name} best of {repeats}: {best[name]:.3f}s")
+    difference = max_difference(values["single_pass"], values["per_prefix"])
+    print(f"max |single_pass - per_prefix| = {difference:.2e}")
+    print(f"wall time {time.perf_counter() - wall:.1f}s")
+    if not difference < TOLERANCE:
+        sys.exit(f"FAIL: the two methods' values differ by {difference:.2e} (tolerance {TOLERANCE:g})")
+    print(f"ratio={best['per_prefix'] / best['single_pass']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,597 @@
+"""``llmac critic train``: fit a step critic to MC step labels with the Hugging Face Trainer.
+
+Data are labelled solutions in the Math-Shepherd / TRL PRM layout (``prompt``, ``completions`` = clean
+steps, ``labels`` = soft MC labels, ``hard_labels``). Each row becomes the critic's input exactly as
+:func:`llmac.critic.scoring.encode_example` builds it, with a target at every step end and ``-100``
+elsewhere, so training supervises the positions scoring reads. The loss is binary cross-entropy on the
+value logit at step ends (soft labels: ``-m log v - (1 - m) log(1 - v)``).
+
+Runs as ``llmac critic train --config recipes/critic/<recipe>.yaml`` or under
+``accelerate launch --config_file recipes/accelerate/<zero2|zero3>_cpu.yaml -m llmac.critic.training ...``.
+Resumes from the newest checkpoint in ``output_dir``; the final critic is a plain safetensors
+``AutoModelForTokenClassification`` checkpoint (LoRA merged, consolidated under ZeRO-3).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, DatasetDict, load_from_disk
+from transformers import AutoConfig, EvalPrediction, PreTrainedModel, Trainer, TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
+
+from llmac.config import ModelConfig, parse_config
+from llmac.critic.metrics import roc_auc
+from llmac.critic.model import critic_delimiter, init_critic, load_critic, load_critic_tokenizer
+from llmac.critic.scoring import encode_example, pad_batch, response_text
+from llmac.data.loading import DataError, ProblemLog, read_jsonl
+from llmac.models import lora_config
+from llmac.steps import DEFAULT_DELIMITER
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+LABEL_TYPES = ("soft", "hard")
+_TOKENIZER_MISMATCH = (
+    "does not round-trip through the critic's tokenizer (decode(encode(text)) != text): the critic's "
+    "tokenizer does not match the data"
+)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+@dataclass
+class CriticConfig(TrainingArguments):
+    """Trainer settings of ``llmac critic train``: every ``TrainingArguments`` field plus the ones below.
+
+    Defaults that differ from ``TrainingArguments``: ``remove_unused_columns=False`` (the encoded rows
+    hold exactly what the collator needs) and ``label_names=["labels"]``.
+    """
+
+    label_type: str = field(
+        default="soft",
+        metadata={
+            "help": "'soft': BCE against the MC soft labels m (-m log v - (1-m) log(1-v)); 'hard': BCE against "
+            "the 0/1 hard labels (PRM style)."
+        },
+    )
+    last_step_only: bool = field(
+        default=False,
+        metadata={"help": "Supervise only each solution's final step (an outcome value model)."},
+    )
+    max_length: int | None = field(
+        default=1024,
+        metadata={
+            "help": "Truncate question + solution to this many tokens; steps ending past it are dropped from "
+            "the loss (and counted in the log). None: no truncation."
+        },
+    )
+    eval_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "Fraction of the training prompts held out for evaluation when no eval_data is given "
+            "(all solutions of a prompt go to the same side). 0 disables evaluation."
+        },
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep dataset columns the model's forward does not name (the collator reads them)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.label_type not in LABEL_TYPES:
+            raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {self.label_type!r}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2 or None, got {self.max_length}")
+        if self.label_names is None:
+            self.label_names = ["labels"]
+        super().__post_init__()
+
+
+@dataclass
+class CriticDataConfig:
+    """Where the critic starts from and which labelled solutions it learns from."""
+
+    init_from: str = field(
+        metadata={
+            "help": "An actor checkpoint folder (a causal LM: the critic gets its backbone and a new zero "
+            "value head) or an existing critic folder (training continues from it)."
+        }
+    )
+    train_data: str = field(
+        metadata={
+            "help": "Labelled solutions: a folder saved with Dataset.save_to_disk, or a .jsonl / .parquet file, "
+            "with columns prompt, completions (list of clean steps), labels (soft, in [0, 1]) and hard_labels "
+            "(0/1; required for label_type 'hard')."
+        }
+    )
+    eval_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out labelled solutions, same layout. None: hold out eval_fraction of train_data."
+        },
+    )
+    delimiter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Step delimiter joining the clean steps. None: the critic's own when continuing one, "
+            f"else {DEFAULT_DELIMITER!r}."
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class EncodedData:
+    """Encoded rows (``input_ids`` + per-token ``labels``) and what encoding left out."""
+
+    dataset: Dataset
+    prompts: list[str]
+    num_steps: int  # supervised step ends
+    dropped_steps: int  # step ends past max_length
+    dropped_rows: int  # rows left with no supervised step
+
+    def summary(self) -> str:
+        text = f"{len(self.dataset)} solutions, {self.num_steps} supervised steps"
+        if self.dropped_steps:
+            text += (
+                f"; {self.dropped_steps} steps past max_length dropped from the loss "
+                f"({self.dropped_rows} solutions left with none, skipped)"
+            )
+        return text
+
+
+def read_labelled_rows(path: str | Path) -> tuple[ProblemLog, list[tuple[int, Any]]]:
+    """``(problem log, [(row number, row)])`` of a save_to_disk folder, .jsonl (line numbers) or .parquet file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        loaded = load_from_disk(str(path))
+        if isinstance(loaded, DatasetDict):
+            raise DataError(
+                f"{path}: a DatasetDict (splits: {', '.join(loaded)}); give the folder of one split"
+            )
+        return ProblemLog(str(path)), list(enumerate(loaded.to_list(), start=1))
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        log = ProblemLog(str(path), unit="line")
+        return log, read_jsonl(path, log)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return ProblemLog(str(path)), list(enumerate(pq.read_table(path).to_pylist(), start=1))
+    raise DataError(
+        f"{path}: unsupported labelled-data file {suffix!r} (use a save_to_disk folder, .jsonl or .parquet)"
+    )
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float)  # booleans too: TRL's stepwise datasets store labels as True/False
+
+
+def validate_row(
+    row: Any, number: int, log: ProblemLog, delimiter: str, label_type: str
+) -> tuple[str, list[str], list[float]] | None:
+    """``(question, steps, targets)`` of a labelled row, or None after logging its problems."""
+    if not isinstance(row, dict):
+        log.add(number, None, "is not an object", f"got {type(row).__name__}")
+        return None
+    target_field = "labels" if label_type == "soft" else "hard_labels"
+    missing = [name for name in ("prompt", "completions", target_field) if row.get(name) is None]
+    for name in missing:
+        log.add(number, name, "is missing")
+    if missing:
+        return None
+    ok = True
+    question, steps = row["prompt"], row["completions"]
+    if not isinstance(question, str) or not question.strip():
+        log.add(number, "prompt", "is not a non-empty string", f"got {question!r:.60}")
+        ok = False
+    if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+        log.add(number, "completions", "is not a list of strings")
+        return None
+    if not steps:
+        log.add(number, "completions", "has zero steps")
+        return None
+    for t, step in enumerate(steps):
+        if not step.strip():
+            log.add(number, "completions", "has a step with no visible text", f"step {t}: {step!r}")
+            ok = False
+        elif delimiter in step:
+            log.add(
+                number,
+                "completions",
+                "has a step containing the delimiter (it would split into several steps)",
+                f"step {t}: {step!r:.60}, delimiter {delimiter!r}",
+            )
+            ok = False
+    for name in ("labels", "hard_labels"):
+        if name not in row or row[name] is None:
+            continue
+        values = row[name]
+        if not isinstance(values, list) or not all(_is_number(v) for v in values):
+            log.add(number, name, "is not a list of numbers")
+            ok = False
+            continue
+        if len(values) != len(steps):
+            log.add(
+                number, name, "count differs from the step count", f"{len(values)} labels, {len(steps)} steps"
+            )
+            ok = False
+        if name == "labels":
+            bad = next((t for t, v in enumerate(values) if not 0 <= v <= 1), None)  # NaN fails both
+            if bad is not None:
+                log.add(number, name, "has a value outside [0, 1]", f"step {bad}: {values[bad]}")
+                ok = False
+        else:
+            bad = next((t for t, v in enumerate(values) if v not in (0, 1)), None)
+            if bad is not None:
+                log.add(number, name, "has a value that is not 0 or 1", f"step {bad}: {values[bad]}")
+                ok = False
+    if not ok:
+        return None
+    return question, list(steps), [float(v) for v in row[target_field]]
+
+
+def round_trips(tokenizer, text: str) -> bool:
+    """Whether ``tokenizer`` encodes ``text`` losslessly (decoding its tokens gives ``text`` back)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) == text
+
+
+def encode_row(
+    tokenizer,
+    question: str,
+    steps: Sequence[str],
+    targets: Sequence[float],
+    delimiter: str,
+    max_length: int | None = None,
+    last_step_only: bool = False,
+) -> tuple[dict, int]:
+    """``({"input_ids", "labels"}, steps dropped)``: targets at step ends, -100 elsewhere.
+
+    Steps ending at or past ``max_length`` are dropped; with ``last_step_only`` only the final step
+    keeps its target (and is dropped if it does not fit).
+    """
+    example = encode_example(tokenizer, question, steps, delimiter)
+    if len(example.step_positions) != len(targets):
+        raise ValueError(
+            f"the solution splits into {len(example.step_positions)} steps but has {len(targets)} labels"
+        )
+    supervised = list(zip(example.step_positions, targets, strict=True))
+    if last_step_only:
+        supervised = supervised[-1:]
+    input_ids = example.input_ids
+    if max_length is not None and len(input_ids) > max_length:
+        input_ids = input_ids[:max_length]
+    kept = [(pos, y) for pos, y in supervised if pos < len(input_ids)]
+    labels = [float(IGNORE_INDEX)] * len(input_ids)
+    for pos, y in kept:
+        labels[pos] = float(y)
+    return {"input_ids": list(input_ids), "labels": labels}, len(supervised) - len(kept)
+
+
+def load_labelled_data(
+    path: str | Path,
+    tokenizer,
+    delimiter: str,
+    label_type: str = "soft",
+    max_length: int | None = None,
+    last_step_only: bool = False,
+) -> EncodedData:
+    """Validate and encode a labelled-data file; raises one :class:`DataError` listing the bad rows."""
+    log, rows = read_labelled_rows(path)
+    if not rows and not log.problems:
+        raise DataError(f"{log.source}: no rows")
+    valid = [
+        (number, checked)
+        for number, row in rows
+        if (checked := validate_row(row, number, log, delimiter, label_type))
+    ]
+    log.raise_if_any()
+    records, prompts = [], []
+    num_steps = dropped_steps = dropped_rows = 0
+    for number, (question, steps, targets) in valid:
+        text_fields = (("prompt", question), ("completions", response_text(steps, delimiter)))
+        unencodable = [name for name, text in text_fields if not round_trips(tokenizer, text)]
+        for name in unencodable:
+            log.add(number, name, _TOKENIZER_MISMATCH)
+        if unencodable:
+            continue
+        try:
+            record, dropped = encode_row(
+                tokenizer, question, steps, targets, delimiter, max_length, last_step_only
+            )
+        except ValueError as err:
+            log.add(number, "completions", "does not split into its steps", str(err))
+            continue
+        dropped_steps += dropped
+        kept = sum(y != IGNORE_INDEX for y in record["labels"])
+        if kept == 0:
+            dropped_rows += 1
+            continue
+        num_steps += kept
+        records.append(record)
+        prompts.append(question)
+    log.raise_if_any()
+    if not records:
+        raise DataError(f"{log.source}: no solution has a step within max_length={max_length}")
+    dataset = Dataset.from_dict(
+        {"input_ids": [r["input_ids"] for r in records], "labels": [r["labels"] for r in records]}
+    )
+    return EncodedData(dataset, prompts, num_steps, dropped_steps, dropped_rows)
+
+
+def split_by_prompt(data: EncodedData, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """``(train, eval)``: ``fraction`` of the distinct prompts (at least one) and all their solutions held out."""
+    unique = sorted(set(data.prompts))
+    if len(unique) < 2:
+        raise DataError(f"cannot hold out eval_fraction={fraction} of 1 distinct prompt; give eval_data")
+    random.Random(seed).shuffle(unique)
+    held = set(unique[: min(len(unique) - 1, max(1, round(fraction * len(unique))))])
+    eval_rows = [i for i, p in enumerate(data.prompts) if p in held]
+    train_rows = [i for i, p in enumerate(data.prompts) if p not in held]
+    return data.dataset.select(train_rows), data.dataset.select(eval_rows)
+
+
+@dataclass
+class CriticCollator:
+    """Right-pads ``input_ids`` (with ``pad_id``) and ``labels`` (with -100) and builds attention masks."""
+
+    pad_id: int
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_batch([f["input_ids"] for f in features], self.pad_id)
+        labels = torch.full(ids.shape, float(IGNORE_INDEX), dtype=torch.float32)
+        for row, f in enumerate(features):
+            labels[row, : len(f["labels"])] = torch.tensor(f["labels"], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ---------------------------------------------------------------------------------------------- loss
+
+
+def masked_bce_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """BCE-with-logits at positions whose label is not -100, summed and divided by ``num_items``.
+
+    ``num_items`` defaults to the number of such positions (a mean); the Trainer passes the count over
+    the whole accumulated (and all-process) batch so every step weighs the same.
+    """
+    mask = labels != IGNORE_INDEX
+    count = mask.sum() if num_items is None else num_items
+    if int(mask.sum()) == 0:
+        return logits.sum() * 0.0  # keeps the graph: every process must run backward
+    total = F.binary_cross_entropy_with_logits(logits[mask].float(), labels[mask].float(), reduction="sum")
+    return total / count
+
+
+def critic_loss(
+    outputs, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """The Trainer's ``compute_loss_func``: masked BCE on the value logit ``logits[..., 0]``."""
+    return masked_bce_loss(outputs.logits[..., 0], labels, num_items_in_batch)
+
+
+def value_logits_for_metrics(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
+    """Keep only the value logit per token for evaluation (the Trainer's ``preprocess_logits_for_metrics``)."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return logits[..., 0].float()
+
+
+def step_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+    """Step AUC (targets thresholded at 0.5), BCE and mean absolute error over all supervised steps."""
+    logits = np.asarray(eval_pred.predictions, dtype=np.float64)
+    labels = np.asarray(eval_pred.label_ids, dtype=np.float64)
+    mask = labels != IGNORE_INDEX
+    z, y = logits[mask], labels[mask]
+    values = 1.0 / (1.0 + np.exp(-z))
+    positive = y >= 0.5
+    # AUC on logits: sigmoid saturates to exact ties in float precision, logits keep the ranking.
+    auc = roc_auc(z, positive) if positive.any() and not positive.all() else float("nan")
+    return {
+        "step_auc": auc,
+        "bce": float(np.mean(np.logaddexp(0.0, z) - y * z)),
+        "mae": float(np.mean(np.abs(values - y))),
+        "num_steps": int(mask.sum()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def start_critic(
+    init_from: str | Path, delimiter: str | None, dtype: str = "float32"
+) -> tuple[PreTrainedModel, str]:
+    """``(critic, delimiter)``: a new critic on an actor's backbone, or an existing critic to continue."""
+    config = AutoConfig.from_pretrained(str(init_from))
+    architectures = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith("ForTokenClassification") for a in architectures):
+        model = load_critic(init_from, dtype)  # raises for token classifiers that are not critics
+        own = critic_delimiter(model)
+        if delimiter is not None and delimiter != own:
+            raise ValueError(
+                f"{init_from} is a critic trained with step delimiter {own!r}, but delimiter={delimiter!r} was "
+                "given; continue with its own delimiter (leave delimiter unset) or start from an actor"
+            )
+        return model, own
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        delimiter = DEFAULT_DELIMITER if delimiter is None else delimiter
+        model = init_critic(init_from, delimiter, dtype)
+        return model, delimiter
+    raise ValueError(
+        f"{init_from}: architectures {architectures} are neither a causal LM (an actor to start a critic "
+        "from) nor a token classifier (a critic to continue)"
+    )
+
+
+def critic_lora_config(model_config: ModelConfig):
+    """The peft LoRA config for a critic: token classification, the value head trained in full."""
+    settings = model_config.lora_settings()
+    if settings is None:
+        return None
+    config = lora_config(settings)
+    config.task_type = "TOKEN_CLS"
+    config.modules_to_save = ["score"]
+    return config
+
+
+def check_saved_weights(output_dir: str | Path) -> None:
+    """Raise if the saved critic has no safetensors weights or an empty tensor (an unconsolidated ZeRO-3 save)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(output_dir).glob("*.safetensors"))
+    if not files:
+        raise RuntimeError(f"{output_dir}: no safetensors weights were saved")
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            empty = [k for k in f.keys() if 0 in f.get_slice(k).get_shape()]  # noqa: SIM118 (not iterable)
+        if empty:
+            raise RuntimeError(
+                f"{file}: {len(empty)} empty tensors (e.g. {empty[0]}): ZeRO-3 weights were not gathered; set "
+                "stage3_gather_16bit_weights_on_model_save in the DeepSpeed config"
+            )
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def build_trainer(
+    model, tokenizer, args: CriticConfig, train_dataset: Dataset, eval_dataset: Dataset | None = None
+) -> Trainer:
+    """A plain ``Trainer`` with the critic's collator, loss and evaluation metrics."""
+    return Trainer(
+        model=model,
+        args=args,
+        data_collator=CriticCollator(tokenizer.pad_token_id),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        compute_loss_func=critic_loss,
+        compute_metrics=step_metrics if eval_dataset is not None else None,
+        preprocess_logits_for_metrics=value_logits_for_metrics if eval_dataset is not None else None,
+    )
+
+
+def training_data(
+    data_config: CriticDataConfig, tokenizer, delimiter: str, args: CriticConfig
+) -> tuple[Dataset, Dataset | None]:
+    """The encoded train and eval datasets (eval: eval_data, a held-out share of prompts, or None)."""
+
+    def load(path: str) -> EncodedData:
+        data = load_labelled_data(
+            path, tokenizer, delimiter, args.label_type, args.max_length, args.last_step_only
+        )
+        (logger.warning if data.dropped_steps else logger.info)("critic data %s: %s", path, data.summary())
+        return data
+
+    train = load(data_config.train_data)
+    if data_config.eval_data is not None:
+        return train.dataset, load(data_config.eval_data).dataset
+    if args.eval_fraction > 0:
+        return split_by_prompt(train, args.eval_fraction, args.seed)
+    return train.dataset, None
+
+
+def train_critic(model_config: ModelConfig, data_config: CriticDataConfig, args: CriticConfig) -> Trainer:
+    """Train (resuming from ``args.output_dir``'s newest checkpoint), evaluate, save the final critic.
+
+    The saved critic (full weights, LoRA merged, tokenizer right-padded) loads with plain
+    ``AutoModelForTokenClassification.from_pretrained``. Returns the trainer, whose ``model`` is the
+    trained critic.
+    """
+    if model_config.model_name_or_path not in ("tiny", data_config.init_from):
+        raise ValueError(
+            f"llmac critic train starts from init_from ({data_config.init_from!r}); model_name_or_path "
+            f"({model_config.model_name_or_path!r}) is not used, leave it unset"
+        )
+    peft_config = critic_lora_config(model_config)
+    if peft_config is not None and is_deepspeed_zero3_enabled():
+        # merge_and_unload below needs whole weights; ZeRO-3 shards them.
+        raise ValueError(
+            "llmac critic train: LoRA under DeepSpeed ZeRO-3 is not supported yet; use a ZeRO-2 config"
+        )
+    tokenizer = load_critic_tokenizer(data_config.init_from)
+    model, delimiter = start_critic(data_config.init_from, data_config.delimiter, model_config.dtype)
+    train_dataset, eval_dataset = training_data(data_config, tokenizer, delimiter, args)
+    if eval_dataset is None and args.eval_strategy != "no":
+        raise ValueError(
+            f"eval_strategy={args.eval_strategy!r} needs evaluation data: give eval_data or eval_fraction > 0"
+        )
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    trainer = build_trainer(model, tokenizer, args, train_dataset, eval_dataset)
+    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=bool(checkpoints) or None)
+    if eval_dataset is not None:
+        final_eval(trainer)
+    save_critic(trainer, Path(args.output_dir))
+    return trainer
+
+
+def final_eval(trainer: Trainer) -> dict[str, float]:
+    """Evaluation metrics of the trained critic (reused when training ended with an evaluation), also
+    written to ``output_dir/eval_results.json``."""
+    history = trainer.state.log_history
+    last = next((h for h in reversed(history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        metrics = {k: v for k, v in last.items() if k != "step"}
+    else:
+        metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics
+
+
+def save_critic(trainer: Trainer, output_dir: Path) -> None:
+    """Save the trained critic and its tokenizer; every process must call it (ZeRO-3 gathers weights)."""
+    from peft import PeftModel
+
+    if isinstance(trainer.model, PeftModel):
+        # Not under ZeRO-3 (refused above), so every process holds whole weights: merge and save directly.
+        trainer.model = trainer.model.merge_and_unload()
+        if trainer.is_world_process_zero():
+            trainer.model.save_pretrained(output_dir, safe_serialization=True)
+            trainer.processing_class.save_pretrained(output_dir)
+    else:
+        trainer.save_model(str(output_dir))  # ZeRO-3: gathered (stage3_gather_16bit_weights_on_model_save)
+    if trainer.is_world_process_zero():
+        check_saved_weights(output_dir)
+        logger.info("saved step critic to %s", output_dir)
+
+
+def run_critic_training(model_config: ModelConfig, data_config: CriticDataConfig, args: CriticConfig) -> Path:
+    """Train and save the critic (see :func:`train_critic`); returns ``args.output_dir``."""
+    train_critic(model_config, data_config, args)
+    return Path(args.output_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    model_config, data_config, args = parse_config(
+        [ModelConfig, CriticDataConfig, CriticConfig], argv, prog="llmac critic train"
+    )
+    return run_critic_training(model_config, data_config, args)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main()
