@@ -1,0 +1,139 @@
+"""Monte-Carlo step labelling (Math-Shepherd): VLLMEngine against HFEngine on the same solutions.
+
+The model is llmac's tiny Qwen2 trained for a few dozen next-token steps on arithmetic solutions
+(as in ``bench/rollout_throughput.py``). Solutions are sampled once (vLLM, one per question) and
+both engines label them with :func:`llmac.critic.labelling.label_steps` under the same
+:class:`MCLabelConfig` and the math reward: every step prefix continued ``N`` times, verified against
+the gold. vLLM gets each prefix as one request with ``n = N`` and shares prefixes through its prefix
+cache and continuous batching; HF repeats each prefix ``N`` times in its default batches of 64
+sequences. Each engine gets a warm-up job first; timed jobs alternate between the engines and each
+engine's best counts (the 2 cores are shared). Training, sampling and start-up are not timed.
+``--quick`` is the small job (16 solutions, 64-token continuations, one timed job per engine); on
+cores busy with other work HF's many small per-token ops slow down several-fold, so compare runs
+made on idle cores. The last line printed is ``ratio=<hf/vllm>``.
+
+    python bench/mc_labelling.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from llmac.critic.labelling import MCLabelConfig, label_steps
+from llmac.data import arithmetic_dataset
+from llmac.engines import SamplingConfig
+from llmac.engines.hf import HFEngine
+from llmac.models import TinyModelConfig, warm_tiny_actor
+from llmac.rewards import math_rewards
+from llmac.rollouts import sample_rollouts
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="Smaller job, one timed run per engine.")
+    parser.add_argument(
+        "--solutions", type=int, default=None, help="Solutions to label (default 48, quick 16)."
+    )
+    parser.add_argument("--n", type=int, default=8, help="Continuations per step prefix (N).")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="Token budget per continuation (default 96, quick 64).",
+    )
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="Timed jobs per engine (default 2, quick 1)."
+    )
+    parser.add_argument("--hidden-size", type=int, default=128, help="Tiny model width.")
+    parser.add_argument("--layers", type=int, default=2, help="Tiny model layers.")
+    parser.add_argument("--train-steps", type=int, default=40, help="Next-token steps before benchmarking.")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of the model, its training, the data and labels."
+    )
+    return parser.parse_args()
+
+
+def timed_labels(engine, solutions, config: MCLabelConfig):
+    start = time.perf_counter()
+    labels = label_steps(engine, solutions, config, math_rewards, progress=False)
+    return time.perf_counter() - start, labels
+
+
+def main() -> None:
+    args = parse_args()
+    wall = time.perf_counter()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the figures readable
+    from llmac.engines.vllm import VLLMEngine
+
+    num_solutions = args.solutions or (16 if args.quick else 48)
+    max_new_tokens = args.max_new_tokens or (64 if args.quick else 96)
+    repeats = args.repeats or (1 if args.quick else 2)
+    config = MCLabelConfig(
+        num_rollouts=args.n, temperature=args.temperature, max_new_tokens=max_new_tokens, seed=args.seed
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "tiny"
+        started = time.perf_counter()
+        rows = arithmetic_dataset(512, seed=args.seed + 1)
+        size = TinyModelConfig(
+            hidden_size=args.hidden_size,
+            num_layers=args.layers,
+            intermediate_size=4 * args.hidden_size,
+            seed=args.seed,
+        )
+        warm_tiny_actor(rows["question"], rows["solution"], model_dir, args.train_steps, size)
+        print(f"trained the tiny actor for {args.train_steps} steps in {time.perf_counter() - started:.1f}s")
+
+        started = time.perf_counter()
+        vllm_engine = VLLMEngine(model_dir, dtype="float32", max_model_len=512, seed=args.seed)
+        print(f"vLLM engine started in {time.perf_counter() - started:.1f}s")
+        hf_engine = HFEngine(model_dir, dtype="float32")  # its default batch: 64 sequences per generate
+        try:
+            started = time.perf_counter()
+            questions = arithmetic_dataset(num_solutions + 2, seed=args.seed + 2)
+            sampling = SamplingConfig(n=1, temperature=1.0, max_new_tokens=128, seed=args.seed)
+            solutions = sample_rollouts(vllm_engine, questions, sampling, math_rewards, progress=False)
+            warm_up, solutions = solutions.select(range(2)), solutions.select(range(2, len(solutions)))
+            steps = [len(s) for s in solutions["steps"]]
+            print(
+                f"sampled {len(solutions)} solutions in {time.perf_counter() - started:.1f}s: "
+                f"{sum(steps)} steps, {sum(steps) - len(steps)} prefixes to continue x N={args.n}, "
+                f"{sum(solutions['reward']):.0f} correct"
+            )
+            for name, engine in (("vllm", vllm_engine), ("hf", hf_engine)):
+                seconds, _ = timed_labels(engine, warm_up, config)
+                print(f"{name} warm-up job (2 solutions): {seconds:.1f}s")
+            times: dict[str, list[float]] = {"vllm": [], "hf": []}
+            for _ in range(repeats):
+                for name, engine in (("vllm", vllm_engine), ("hf", hf_engine)):
+                    seconds, labels = timed_labels(engine, solutions, config)
+                    times[name].append(seconds)
+                    soft = [m for row in labels["labels"] for m in row[:-1]]
+                    print(
+                        f"{name}: labelled {len(labels)} solutions in {seconds:.1f}s "
+                        f"(mean soft label of sampled steps {sum(soft) / max(len(soft), 1):.3f})"
+                    )
+        finally:
+            vllm_engine.close()
+
+    best = {name: min(values) for name, values in times.items()}
+    print(
+        f"workload: {len(solutions)} solutions, N={args.n}, <= {max_new_tokens} new tokens per "
+        f"continuation, temperature {args.temperature}; HF batch {hf_engine.batch_size}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    for name in ("vllm", "hf"):
+        print(f"{name} best of {repeats}: {best[name]:.1f}s")
+    print(f"wall time after imports {time.perf_counter() - wall:.1f}s")
+    print(f"ratio={best['hf'] / best['vllm']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
