@@ -37,3 +37,14 @@ def gsm8k_dir() -> Path:
     if not GSM8K_DIR.is_dir():
         pytest.skip(f"GSM8K data not found at {GSM8K_DIR}")
     return GSM8K_DIR
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_actor_dir):
+    """One vLLM engine on the tiny actor for the whole session (it takes ~20 s to start on CPU)."""
+    pytest.importorskip("vllm")
+    from llmac.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(tiny_actor_dir, dtype="float32", max_model_len=512, seed=0)
+    yield engine
+    engine.close()

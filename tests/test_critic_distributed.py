@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_critic_training import labelled_dataset
+from synthetic_labels import labelled_dataset
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from llmac.critic.model import init_critic, load_critic_tokenizer

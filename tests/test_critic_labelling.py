@@ -306,16 +306,6 @@ def test_sigkilled_labelling_process_resumes_to_the_same_dataset(
     assert load_from_disk(str(out)).to_dict() == hf_labels.select(range(4)).to_dict()
 
 
-@pytest.fixture(scope="session")
-def vllm_engine(tiny_actor_dir):
-    pytest.importorskip("vllm")
-    from llmac.engines.vllm import VLLMEngine
-
-    engine = VLLMEngine(tiny_actor_dir, dtype="float32", max_model_len=512, seed=0)
-    yield engine
-    engine.close()
-
-
 @pytest.mark.vllm
 def test_vllm_labels_are_valid_and_reproducible(vllm_engine, rollouts):
     first = label_steps(vllm_engine, rollouts, CONFIG, parity_reward, progress=False)

@@ -24,16 +24,6 @@ def hf_engine(tiny_actor_dir):
     return HFEngine(tiny_actor_dir, dtype="float32", batch_size=64)
 
 
-@pytest.fixture(scope="session")
-def vllm_engine(tiny_actor_dir):
-    pytest.importorskip("vllm")
-    from llmac.engines.vllm import VLLMEngine
-
-    engine = VLLMEngine(tiny_actor_dir, dtype="float32", max_model_len=512, seed=0)
-    yield engine
-    engine.close()
-
-
 @pytest.fixture
 def engine(request):
     return request.getfixturevalue(f"{request.param}_engine")
