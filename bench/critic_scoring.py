@@ -29,11 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_actor import add_actor_args, build_actor
 
 from llmac.critic.model import critic_delimiter, init_critic, load_critic_tokenizer
 from llmac.critic.scoring import CriticExample, encode_example, score_examples, score_prefixes_separately
 from llmac.data import ArithmeticTaskConfig, arithmetic_dataset
-from llmac.models import TinyModelConfig, warm_tiny_actor
 
 TOLERANCE = 1e-4
 
@@ -56,13 +56,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--repeats", type=int, default=None, help="Timed calls per method (default 5, quick 3)."
     )
-    parser.add_argument("--hidden-size", type=int, default=128, help="Tiny model width.")
-    parser.add_argument("--layers", type=int, default=2, help="Tiny model layers.")
-    parser.add_argument("--train-steps", type=int, default=5, help="Next-token steps of the tiny actor.")
+    add_actor_args(parser, train_steps=5)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)."
     )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the model, its head and the problems.")
     return parser.parse_args()
 
 
@@ -106,15 +103,7 @@ def main() -> None:
     rows = arithmetic_dataset(completions, seed=args.seed + 1, config=task)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        size = TinyModelConfig(
-            hidden_size=args.hidden_size,
-            num_layers=args.layers,
-            intermediate_size=4 * args.hidden_size,
-            seed=args.seed,
-        )
-        model_dir = warm_tiny_actor(
-            rows["question"], rows["solution"], Path(tmp) / "tiny", args.train_steps, size
-        )
+        model_dir = build_actor(Path(tmp) / "tiny", args)
         critic = init_critic(model_dir)
         tokenizer = load_critic_tokenizer(model_dir)
         print(f"built the critic ({args.train_steps} actor steps) in {time.perf_counter() - started:.1f}s")

@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+from bench_actor import add_actor_args, build_actor
 
 from llmac.critic.labelling import MCLabelConfig, label_steps
 from llmac.data import arithmetic_dataset
 from llmac.engines import SamplingConfig
 from llmac.engines.hf import HFEngine
-from llmac.models import TinyModelConfig, warm_tiny_actor
 from llmac.rewards import math_rewards
 from llmac.rollouts import sample_rollouts
 
@@ -51,12 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--repeats", type=int, default=None, help="Timed jobs per engine (default 2, quick 1)."
     )
-    parser.add_argument("--hidden-size", type=int, default=128, help="Tiny model width.")
-    parser.add_argument("--layers", type=int, default=2, help="Tiny model layers.")
-    parser.add_argument("--train-steps", type=int, default=40, help="Next-token steps before benchmarking.")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="Seed of the model, its training, the data and labels."
-    )
+    add_actor_args(parser, train_steps=40)
     return parser.parse_args()
 
 
@@ -80,16 +75,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "tiny"
-        started = time.perf_counter()
-        rows = arithmetic_dataset(512, seed=args.seed + 1)
-        size = TinyModelConfig(
-            hidden_size=args.hidden_size,
-            num_layers=args.layers,
-            intermediate_size=4 * args.hidden_size,
-            seed=args.seed,
-        )
-        warm_tiny_actor(rows["question"], rows["solution"], model_dir, args.train_steps, size)
-        print(f"trained the tiny actor for {args.train_steps} steps in {time.perf_counter() - started:.1f}s")
+        build_actor(model_dir, args)
 
         started = time.perf_counter()
         vllm_engine = VLLMEngine(model_dir, dtype="float32", max_model_len=512, seed=args.seed)

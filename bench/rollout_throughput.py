@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import torch
+from bench_actor import add_actor_args, build_actor
 
 from llmac.data import arithmetic_dataset
 from llmac.engines import SamplingConfig
 from llmac.engines.hf import HFEngine
-from llmac.models import TinyModelConfig, warm_tiny_actor
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,14 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--repeats", type=int, default=None, help="Timed calls per engine (default 3, quick 2)."
     )
-    parser.add_argument("--hidden-size", type=int, default=128, help="Tiny model width.")
-    parser.add_argument("--layers", type=int, default=2, help="Tiny model layers.")
-    parser.add_argument("--train-steps", type=int, default=40, help="Next-token steps before benchmarking.")
+    add_actor_args(parser, train_steps=40)
     parser.add_argument(
         "--hf-batch-size", type=int, default=None, help="Sequences per HF generate (default: all)."
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="Seed of the model, its training and the prompts."
     )
     parser.add_argument(
         "--sampling-seed", type=int, default=None, help="SamplingConfig.seed (default None, as in rollouts)."
@@ -80,16 +75,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "tiny"
-        started = time.perf_counter()
-        rows = arithmetic_dataset(512, seed=args.seed + 1)
-        size = TinyModelConfig(
-            hidden_size=args.hidden_size,
-            num_layers=args.layers,
-            intermediate_size=4 * args.hidden_size,
-            seed=args.seed,
-        )
-        warm_tiny_actor(rows["question"], rows["solution"], model_dir, args.train_steps, size)
-        print(f"trained the tiny actor for {args.train_steps} steps in {time.perf_counter() - started:.1f}s")
+        build_actor(model_dir, args)
 
         started = time.perf_counter()
         vllm_engine = VLLMEngine(model_dir, dtype="float32", max_model_len=512, seed=args.seed)
