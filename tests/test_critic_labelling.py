@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from datasets import Dataset, load_from_disk
@@ -257,53 +258,42 @@ def test_killed_labelling_job_resumes_to_the_same_dataset(hf_engine, rollouts, h
         label_steps(hf_engine, rollouts, other, parity_reward, shard_dir=shards, progress=False)
 
 
-JOB = """
-import sys
-from datasets import load_from_disk
-from llmac.critic.labelling import MCLabelConfig, label_steps
-from llmac.engines.hf import HFEngine
-from llmac.rollouts import save_dataset_atomically
-
+REWARD_MODULE = """
 def parity_reward(texts, golds):
     return [float(len(t) % 2 == 0) for t in texts]
-
-model, rollouts, shards, out = sys.argv[1:]
-config = MCLabelConfig(num_rollouts=4, max_new_tokens=24, seed=7, batch_size=2)
-engine = HFEngine(model, dtype="float32")
-rows = load_from_disk(rollouts)
-labels = label_steps(engine, rows, config, parity_reward, shard_dir=shards, progress=False)
-save_dataset_atomically(labels, out)
 """
 
 
-def test_sigkilled_labelling_process_resumes_to_the_same_dataset(
-    tiny_actor_dir, rollouts, hf_labels, tmp_path
-):
-    # Batches depend only on their rows and seeds: the first 4 rows are labelled as in the 6-row job.
+def test_sigkilled_llmac_critic_label_resumes_to_the_same_dataset(tiny_actor_dir, rollouts, tmp_path):
+    """`llmac critic label` killed mid-run, then rerun, writes what an uninterrupted run writes."""
     rollouts.select(range(4)).save_to_disk(str(tmp_path / "rollouts"))
-    script = tmp_path / "job.py"
-    script.write_text(JOB)
-    shards, out = tmp_path / "shards", tmp_path / "labels"
-    argv = [
-        sys.executable,
-        str(script),
-        str(tiny_actor_dir),
-        str(tmp_path / "rollouts"),
-        str(shards),
-        str(out),
-    ]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    job = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+    (tmp_path / "job_reward.py").write_text(REWARD_MODULE)
+
+    def command(out: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "llmac", "critic", "label", "--model_name_or_path", str(tiny_actor_dir),
+            "--engine", "hf", "--solutions", str(tmp_path / "rollouts"), "--reward", "job_reward:parity_reward",
+            "--num_rollouts", "4", "--max_new_tokens", "24", "--seed", "7", "--batch_size", "2",
+            "--output_dir", str(out),
+        ]  # fmt: skip
+
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(tmp_path)}
+    subprocess.run(command(tmp_path / "uninterrupted"), env=env, check=True, capture_output=True)
+
+    out = tmp_path / "labels"
+    shards = tmp_path / "labels.partial" / "labels"
+    job = subprocess.Popen(command(out), env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (shards / "shard-00000").is_dir() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert job.poll() is None, job.stderr.read().decode()[-2000:]  # killed while on batch 2 of 2
     job.send_signal(signal.SIGKILL)
     job.wait()
-    assert not (shards / "shard-00001").exists()
+    assert not (shards / "shard-00001").exists() and not out.exists()
 
-    subprocess.run(argv, env=env, check=True, capture_output=True)
-    assert load_from_disk(str(out)).to_dict() == hf_labels.select(range(4)).to_dict()
+    subprocess.run(command(out), env=env, check=True, capture_output=True)
+    assert load_from_disk(str(out)).to_dict() == load_from_disk(str(tmp_path / "uninterrupted")).to_dict()
+    assert not shards.exists()  # the finished job cleans up its shards
 
 
 @pytest.mark.vllm
