@@ -98,6 +98,8 @@ class CriticConfig(TrainingArguments):
             raise ValueError(f"max_length must be >= 2 or None, got {self.max_length}")
         if self.label_names is None:
             self.label_names = ["labels"]
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
         super().__post_init__()
 
 
