@@ -142,6 +142,22 @@ def test_init_critic_starts_at_one_half_on_the_actor_backbone(tiny_actor_dir, to
     assert all(torch.equal(backbone[k], actor[k]) for k in actor)
 
 
+def test_extra_layers_start_as_the_identity_and_reload(tiny_actor_dir, tokenizer, rows, tmp_path):
+    questions, solutions = rows["question"][:8], rows["solution"][:8]
+    shallow, deep = init_critic(tiny_actor_dir), init_critic(tiny_actor_dir, extra_layers=2)
+    assert len(deep.model.layers) == len(shallow.model.layers) + 2 == deep.config.num_hidden_layers
+    _randomize_head(shallow, seed=1)
+    deep.score.load_state_dict(shallow.score.state_dict())
+    want = score_steps(shallow, tokenizer, questions, solutions, "\n")
+    got = score_steps(deep, tokenizer, questions, solutions, "\n")
+    assert _max_difference(got, want) < 1e-6 and len({round(v, 3) for vs in want for v in vs}) > 4
+    deep.save_pretrained(tmp_path)
+    plain = AutoModelForTokenClassification.from_pretrained(tmp_path)
+    assert score_steps(plain, tokenizer, questions, solutions, "\n") == got
+    with pytest.raises(ValueError, match="extra_layers must be >= 0"):
+        init_critic(tiny_actor_dir, extra_layers=-1)
+
+
 def test_build_tiny_critic(tokenizer, rows):
     size = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=3)
     critic = build_tiny_critic(tokenizer, size)

@@ -39,16 +39,29 @@ def _critic_fields(delimiter: str) -> dict:
 
 
 def init_critic(
-    model_path: str | Path, delimiter: str = DEFAULT_DELIMITER, dtype: str | torch.dtype = "float32"
+    model_path: str | Path,
+    delimiter: str = DEFAULT_DELIMITER,
+    dtype: str | torch.dtype = "float32",
+    extra_layers: int = 0,
 ) -> PreTrainedModel:
     """A new critic whose backbone is the causal LM at ``model_path`` (its LM head is dropped).
 
     The value head starts at zero, so every step starts at V = 0.5 and the first gradients come from
-    the labels rather than from a random head.
+    the labels rather than from a random head. ``extra_layers`` new decoder layers go on top of the
+    actor's, initialised as the identity (their output projections zeroed): the actor's last layer
+    forms its next-token prediction at each position, and only a layer above it can compare that
+    prediction with the token that follows, which is what checking a step takes.
     """
     config = AutoConfig.from_pretrained(str(model_path))
     for key, value in _critic_fields(delimiter).items():
         setattr(config, key, value)
+    actor_layers = config.num_hidden_layers
+    if extra_layers < 0:
+        raise ValueError(f"extra_layers must be >= 0, got {extra_layers}")
+    if extra_layers:
+        config.num_hidden_layers += extra_layers
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = list(config.layer_types) + [config.layer_types[-1]] * extra_layers
     # The load report lists the dropped LM head and the new value head, both expected here.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -58,7 +71,12 @@ def init_critic(
         )
     finally:
         hf_logging.set_verbosity(verbosity)
-    _zero_head(model)
+    _zero_params(list(model.score.parameters()))
+    for layer in model.model.layers[actor_layers:]:
+        outputs = [m.weight for name, m in layer.named_modules() if name.endswith(("o_proj", "down_proj"))]
+        if len(outputs) != 2:
+            raise ValueError(f"extra_layers: cannot find the o_proj/down_proj of a {type(layer).__name__}")
+        _zero_params(outputs)
     return model
 
 
@@ -73,12 +91,11 @@ def build_tiny_critic(
     critic_config.architectures = None
     model = AutoModelForTokenClassification.from_config(critic_config)
     model.model.load_state_dict(actor.model.state_dict())
-    _zero_head(model)
+    _zero_params(list(model.score.parameters()))
     return model
 
 
-def _zero_head(model: PreTrainedModel) -> None:
-    params = list(model.score.parameters())
+def _zero_params(params: list[torch.nn.Parameter]) -> None:
     if any(hasattr(p, "ds_id") for p in params):
         # Under ZeRO-3, from_pretrained leaves each process an empty placeholder per parameter: zero the
         # gathered head (rank 0's change is scattered back on exit).

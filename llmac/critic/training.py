@@ -126,6 +126,14 @@ class CriticDataConfig:
             "help": "Held-out labelled solutions, same layout. None: hold out eval_fraction of train_data."
         },
     )
+    extra_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Starting from an actor: decoder layers added on top of its backbone, initialised as the "
+            "identity. A critic no deeper than the actor cannot compare the actor's next-token prediction "
+            "with the token written; one or two more layers can."
+        },
+    )
     delimiter: str | None = field(
         default=None,
         metadata={
@@ -420,7 +428,7 @@ def step_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
 
 
 def start_critic(
-    init_from: str | Path, delimiter: str | None, dtype: str = "float32"
+    init_from: str | Path, delimiter: str | None, dtype: str = "float32", extra_layers: int = 0
 ) -> tuple[PreTrainedModel, str]:
     """``(critic, delimiter)``: a new critic on an actor's backbone, or an existing critic to continue."""
     config = AutoConfig.from_pretrained(str(init_from))
@@ -436,7 +444,7 @@ def start_critic(
         return model, own
     if any(a.endswith("ForCausalLM") for a in architectures):
         delimiter = DEFAULT_DELIMITER if delimiter is None else delimiter
-        model = init_critic(init_from, delimiter, dtype)
+        model = init_critic(init_from, delimiter, dtype, extra_layers)
         return model, delimiter
     raise ValueError(
         f"{init_from}: architectures {architectures} are neither a causal LM (an actor to start a critic "
@@ -531,7 +539,9 @@ def train_critic(model_config: ModelConfig, data_config: CriticDataConfig, args:
             "llmac critic train: LoRA under DeepSpeed ZeRO-3 is not supported yet; use a ZeRO-2 config"
         )
     tokenizer = load_critic_tokenizer(data_config.init_from)
-    model, delimiter = start_critic(data_config.init_from, data_config.delimiter, model_config.dtype)
+    model, delimiter = start_critic(
+        data_config.init_from, data_config.delimiter, model_config.dtype, data_config.extra_layers
+    )
     train_dataset, eval_dataset = training_data(data_config, tokenizer, delimiter, args)
     if eval_dataset is None and args.eval_strategy != "no":
         raise ValueError(
