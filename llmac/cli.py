@@ -17,24 +17,29 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def usage() -> str:
-    lines = ["usage: llmac <command> [--config RECIPE.yaml] [--field value ...]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
-    lines += ["", "`llmac <command> --help` lists the command's fields."]
+def usage(prog: str, commands: dict[str, tuple[str, str, str]]) -> str:
+    lines = [f"usage: {prog} <command> [--config RECIPE.yaml] [--field value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in commands.items()]
+    lines += ["", f"`{prog} <command> --help` lists the command's fields."]
     return "\n".join(lines)
+
+
+def dispatch(prog: str, commands: dict[str, tuple[str, str, str]], argv: list[str]) -> None:
+    """Run the command ``argv[0]`` names with the rest of ``argv``; print usage for none or --help."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(prog, commands))
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        sys.exit(f"{prog}: unknown command {name!r}\n\n{usage(prog, commands)}")
+    module, function, _ = commands[name]
+    getattr(importlib.import_module(module), function)(rest)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        sys.exit(f"llmac: unknown command {name!r}\n\n{usage()}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    module, function, _ = COMMANDS[name]
-    getattr(importlib.import_module(module), function)(rest)
+    dispatch("llmac", COMMANDS, argv)
 
 
 if __name__ == "__main__":

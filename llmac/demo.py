@@ -17,11 +17,11 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 from trl import SFTConfig
 
 from llmac.config import ModelConfig, parse_config
@@ -76,26 +76,32 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "state.json").is_file()
 
 
-def _label(engine, solutions, mc: MCLabelConfig, path: Path):
-    """MC step labels of ``solutions``, saved at ``path`` (resuming from its shards after a kill)."""
+def _stage_dataset(path: Path, build: Callable[[Path], Dataset]) -> Dataset:
+    """The dataset a stage saved at ``path``, or ``build(shard_dir)``'s result saved there now.
+
+    ``build`` keeps finished batches in ``shard_dir``, so a killed stage resumes where it stopped.
+    """
     if _is_saved_dataset(path):
         return load_from_disk(str(path))
     shards = path.with_name(path.name + ".shards")
-    labelled = label_steps(engine, solutions, mc, math_rewards, shard_dir=shards)
-    save_dataset_atomically(labelled, path)
+    dataset = build(shards)
+    save_dataset_atomically(dataset, path)
     shutil.rmtree(shards, ignore_errors=True)
-    return labelled
+    return dataset
 
 
-def _sample(engine, rows, sampling: SamplingConfig, path: Path):
+def _sample(engine, rows, sampling: SamplingConfig, path: Path) -> Dataset:
     """Verified rollouts of ``rows``, saved at ``path``."""
-    if _is_saved_dataset(path):
-        return load_from_disk(str(path))
-    shards = path.with_name(path.name + ".shards")
-    rollouts = sample_rollouts(engine, rows, sampling, math_rewards, shard_dir=shards)
-    save_dataset_atomically(rollouts, path)
-    shutil.rmtree(shards, ignore_errors=True)
-    return rollouts
+    return _stage_dataset(
+        path, lambda shards: sample_rollouts(engine, rows, sampling, math_rewards, shard_dir=shards)
+    )
+
+
+def _label(engine, solutions: Dataset, mc: MCLabelConfig, path: Path) -> Dataset:
+    """MC step labels of ``solutions``, saved at ``path``."""
+    return _stage_dataset(
+        path, lambda shards: label_steps(engine, solutions, mc, math_rewards, shard_dir=shards)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

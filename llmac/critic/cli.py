@@ -6,7 +6,6 @@ and runs one pipeline; every output is written atomically, and ``label`` resumes
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import shutil
@@ -35,22 +34,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def usage() -> str:
-    lines = ["usage: llmac critic <command> [--config RECIPE.yaml] [--field value ...]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return
-    name, rest = argv[0], argv[1:]
-    if name not in SUBCOMMANDS:
-        sys.exit(f"llmac critic: unknown command {name!r}\n\n{usage()}")
-    module, function, _ = SUBCOMMANDS[name]
-    getattr(importlib.import_module(module), function)(rest)
+    from llmac.cli import dispatch
+
+    dispatch("llmac critic", SUBCOMMANDS, list(sys.argv[1:] if argv is None else argv))
 
 
 # ------------------------------------------------------------------------------------------- label
