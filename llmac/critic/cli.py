@@ -232,8 +232,14 @@ def inspector_records(data, values: list[list[float]], delimiter: str) -> list[d
     for i, (question, response) in enumerate(zip(questions, responses, strict=True)):
         steps = clean_steps(response, delimiter) if isinstance(response, str) else list(response)
         record = {"question": question, "steps": steps, "values": values[i]}
-        for column in ("reward", "solution_reward", "answer", "labels"):
+        # dataset column -> inspector field (rollouts have `reward`, labelled data `solution_reward`)
+        for column, key in (
+            ("reward", "reward"),
+            ("solution_reward", "reward"),
+            ("answer", "gold"),
+            ("labels", "labels"),
+        ):
             if column in data.column_names:
-                record[column] = data[column][i]
+                record[key] = data[column][i]
         records.append(record)
     return records
