@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,9 +25,8 @@ from tqdm.auto import tqdm
 
 from llmac.data.loading import format_prompt
 from llmac.engines.base import Completion, RolloutEngine, SamplingConfig
+from llmac.rewards.registry import RewardFn
 from llmac.steps import split_steps
-
-RewardFn = Callable[[list[str], list[str]], list[float]]
 
 
 def sample_rollouts(
@@ -44,7 +43,7 @@ def sample_rollouts(
         raise ValueError("no rows to sample rollouts for")
     questions, answers = list(rows["question"]), list(rows["answer"])
     prompts = [format_prompt(engine.tokenizer, q) for q in questions]
-    shards = _ShardStore(shard_dir, {"prompts": prompts, "answers": answers, "batch_size": batch_size,
+    shards = ShardStore(shard_dir, {"prompts": prompts, "answers": answers, "batch_size": batch_size,
                                      "sampling": repr(sampling)}) if shard_dir else None  # fmt: skip
     done: list[Dataset] = []
     bar = tqdm(total=len(prompts), desc="rollouts", unit="prompt", disable=not progress)
@@ -77,7 +76,7 @@ def sample_rollouts(
     return concatenate_datasets(done)
 
 
-class _ShardStore:
+class ShardStore:
     """Finished batches of one rollout job on disk, tied to the job's inputs by a fingerprint."""
 
     def __init__(self, directory: str | Path, inputs: dict) -> None:

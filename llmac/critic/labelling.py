@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,12 +43,10 @@ from tqdm.auto import tqdm
 
 from llmac.data.loading import format_prompt
 from llmac.engines.base import PromptLike, RolloutEngine, SamplingConfig
-from llmac.rollouts import _ShardStore
+from llmac.rollouts import RewardFn, ShardStore
 from llmac.steps import clean_steps, join_steps, split_steps, step_spans
 
 logger = logging.getLogger(__name__)
-
-RewardFn = Callable[[list[str], list[str]], list[float]]
 
 LABEL_FEATURES = Features(
     {
@@ -275,9 +273,9 @@ def label_steps(
     return concatenate_datasets(done)
 
 
-def _open_shards(directory: str | Path, inputs: dict) -> _ShardStore:
+def _open_shards(directory: str | Path, inputs: dict) -> ShardStore:
     try:
-        return _ShardStore(directory, inputs)
+        return ShardStore(directory, inputs)
     except ValueError as exc:
         raise ValueError(
             f"{directory} holds shards of another job (other solutions or MCLabelConfig): "
