@@ -44,7 +44,9 @@ def test_label_writes_the_prm_layout_and_cleans_up(labels_dir):
     labelled = load_from_disk(str(labels_dir))
     assert {"prompt", "completions", "labels", "hard_labels"} <= set(labelled.column_names)
     assert 0 < len(labelled) <= 12  # 6 questions x 2 solutions, minus any without a step
-    for steps, soft, hard in zip(labelled["completions"], labelled["labels"], labelled["hard_labels"], strict=True):
+    for steps, soft, hard in zip(
+        labelled["completions"], labelled["labels"], labelled["hard_labels"], strict=True
+    ):
         assert len(steps) == len(soft) == len(hard) > 0
         assert all(0 <= v <= 1 for v in soft)
         assert all(h == (v > 0) for v, h in zip(soft, hard, strict=True))

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from synthetic_labels import labelled_dataset
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
+from llmac.critic.data import IGNORE_INDEX, load_labelled_data, split_by_prompt
 from llmac.critic.model import init_critic, load_critic_tokenizer
 from llmac.critic.scoring import score_steps
-from llmac.critic.training import IGNORE_INDEX, load_labelled_data, split_by_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 

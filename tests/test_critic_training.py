@@ -20,16 +20,13 @@ from synthetic_labels import labelled_dataset
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from llmac.config import ModelConfig
+from llmac.critic.data import IGNORE_INDEX, CriticCollator, encode_row, load_labelled_data
 from llmac.critic.model import init_critic, load_critic_tokenizer
 from llmac.critic.scoring import encode_example, score_steps
 from llmac.critic.training import (
-    IGNORE_INDEX,
-    CriticCollator,
     CriticConfig,
     CriticDataConfig,
     build_trainer,
-    encode_row,
-    load_labelled_data,
     masked_bce_loss,
     start_critic,
     train_critic,
