@@ -2,8 +2,8 @@
 
 Data are labelled solutions in the Math-Shepherd / TRL PRM layout, read and encoded by
 :mod:`llmac.critic.data` at exactly the positions scoring reads (a target at every step end, ``-100``
-elsewhere). The loss is binary cross-entropy on the
-value logit at step ends (soft labels: ``-m log v - (1 - m) log(1 - v)``).
+elsewhere). The loss is binary cross-entropy on the value logit at step ends (soft labels:
+``-m log v - (1 - m) log(1 - v)``).
 
 Runs as ``llmac critic train --config recipes/critic/<recipe>.yaml`` or under
 ``accelerate launch --config_file recipes/accelerate/<zero2|zero3>_cpu.yaml -m llmac.critic.training ...``.
