@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import datasets
 from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
@@ -120,7 +121,13 @@ def save_dataset_atomically(dataset: Dataset, output_dir: str | Path) -> Path:
     tmp = output_dir.with_name(output_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    dataset.save_to_disk(str(tmp))
+    progress_bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one bar per small shard would drown the job's own progress bar
+    try:
+        dataset.save_to_disk(str(tmp))
+    finally:
+        if progress_bars:
+            datasets.enable_progress_bars()
     if output_dir.exists():
         shutil.rmtree(output_dir)
     tmp.rename(output_dir)
