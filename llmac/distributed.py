@@ -63,6 +63,19 @@ def gathered_state_dict(model, accelerator) -> Mapping[str, torch.Tensor]:
     return accelerator.get_state_dict(model)
 
 
+def end_process_group() -> None:
+    """Wait for every process, then tear the process group down (no-op in a single process).
+
+    Without it a rank that finishes first exits while gloo's threads still run, and the C++ runtime
+    aborts it ("terminate called without an active exception"), failing an otherwise good run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def reset_hf_deepspeed_config() -> None:
     """Forget a ZeRO-3 config transformers registered, so a saved model reloads as a plain model."""
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config

@@ -19,6 +19,7 @@ from trl import SFTConfig, SFTTrainer
 from llmac.config import ModelConfig, parse_config
 from llmac.data.loading import format_prompt
 from llmac.data.tasks import TaskConfig, load_task
+from llmac.distributed import end_process_group
 from llmac.models import build_tiny_model, load_actor, load_tokenizer, lora_config, train_tiny_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     model_config, task_config, args = parse_config(
         [ModelConfig, TaskConfig, SFTConfig], argv, prog="llmac sft"
     )
-    return run_sft(model_config, task_config, args)
+    output_dir = run_sft(model_config, task_config, args)
+    end_process_group()
+    return output_dir
 
 
 if __name__ == "__main__":

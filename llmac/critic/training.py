@@ -35,6 +35,7 @@ from llmac.critic.data import (
 )
 from llmac.critic.metrics import roc_auc
 from llmac.critic.model import critic_delimiter, init_critic, load_critic, load_critic_tokenizer
+from llmac.distributed import end_process_group
 from llmac.models import lora_config
 from llmac.steps import DEFAULT_DELIMITER
 
@@ -367,7 +368,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     model_config, data_config, args = parse_config(
         [ModelConfig, CriticDataConfig, CriticConfig], argv, prog="llmac critic train"
     )
-    return run_critic_training(model_config, data_config, args)
+    output_dir = run_critic_training(model_config, data_config, args)
+    end_process_group()
+    return output_dir
 
 
 if __name__ == "__main__":
