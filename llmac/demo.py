@@ -5,7 +5,9 @@
 3. evaluate it on held-out problems with the vLLM engine (greedy accuracy, sampled pass@1 and maj@k);
 4. sample solutions to training problems and label their steps by Monte-Carlo completion;
 5. train a step critic (the SFT'd backbone with a value head) on those labels;
-6. evaluate the critic on held-out solutions: step AUC against their MC labels, and best-of-n.
+6. evaluate the critic on held-out solutions: step AUC against their MC labels, and best-of-n;
+7. PPO from the SFT'd actor with the critic as its value model (step-level GAE), then held-out greedy
+   accuracy before and after, and the training curves as PNG.
 
 Every stage writes to ``run_dir`` and is skipped when its output is already there, so a rerun after
 an interruption resumes instead of starting over.
@@ -18,7 +20,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from datasets import Dataset, load_from_disk
@@ -32,6 +34,10 @@ from llmac.critic.training import CriticConfig, CriticDataConfig, run_critic_tra
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
 from llmac.evaluation import evaluate, metrics_from_rollouts
+from llmac.metrics_log import MetricsLog
+from llmac.plot import plot_run
+from llmac.ppo.config import PPOConfig
+from llmac.ppo.trainer import run_ppo
 from llmac.rewards import answer_keys, math_rewards
 from llmac.rollouts import sample_rollouts, save_dataset_atomically
 from llmac.sft import run_sft
@@ -65,6 +71,15 @@ class DemoConfig:
     critic_max_steps: int = field(default=300, metadata={"help": "Critic training steps."})
     critic_batch_size: int = field(default=32, metadata={"help": "Critic training batch (solutions)."})
     critic_learning_rate: float = field(default=1e-3, metadata={"help": "Critic learning rate."})
+    ppo_recipe: str = field(
+        default="recipes/ppo/tiny_arithmetic.yaml",
+        metadata={
+            "help": "PPO recipe (its PPOConfig fields are used; actor, critic and task come from the demo)."
+        },
+    )
+    ppo_iterations: int | None = field(
+        default=None, metadata={"help": "PPO iterations; None keeps the recipe's num_iterations."}
+    )
 
 
 def _is_saved_model(path: Path) -> bool:
@@ -102,6 +117,17 @@ def _label(engine, solutions: Dataset, mc: MCLabelConfig, path: Path) -> Dataset
     return _stage_dataset(
         path, lambda shards: label_steps(engine, solutions, mc, math_rewards, shard_dir=shards)
     )
+
+
+def _ppo_config(demo: DemoConfig, output_dir: Path, seed: int) -> PPOConfig:
+    """The PPO recipe's settings, writing to ``output_dir``."""
+    overrides = ["--config", demo.ppo_recipe, "--output_dir", str(output_dir), "--seed", str(seed)]
+    if demo.ppo_iterations is not None:
+        overrides += ["--num_iterations", str(demo.ppo_iterations)]
+    *_, config = parse_config(
+        [ModelConfig, TaskConfig, EngineConfig, PPOConfig], overrides, prog="llmac demo"
+    )
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -187,6 +213,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     on_labels = evaluate_on_labels(critic, critic_tokenizer, held_out_labels, delimiter)
     selection = evaluate_selection(critic, critic_tokenizer, held_out_rollouts, delimiter, answer_keys)
     lap("critic_eval")
+
+    # 7. PPO with the critic as the value model.
+    ppo_dir = run_dir / "ppo"
+    ppo_config = _ppo_config(demo, ppo_dir, sft_args.seed)
+    if not _is_saved_model(ppo_dir / "actor"):
+        run_ppo(ModelConfig(model_name_or_path=str(sft_dir)), task_config, engine_config,
+                replace(ppo_config, value_model=str(critic_dir)))  # fmt: skip
+    evals = [(r["iteration"], r["eval_accuracy"]) for r in MetricsLog(ppo_dir).read() if "eval_accuracy" in r]
+    curves = plot_run(ppo_dir)
+    lap("ppo")
     timings["total_s"] = time.perf_counter() - started
 
     sampled = metrics_from_rollouts(held_out_rollouts, answer_keys)
@@ -197,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "critic_on_held_out_labels": asdict(on_labels),
         "best_of_n": {**asdict(selection), "gain_over_random": selection.gain_over_random},
         "engine": type(engine).__name__,
+        "ppo_iterations": ppo_config.num_iterations,
+        "ppo_held_out_accuracy": evals,
+        "ppo_gain": evals[-1][1] - evals[0][1],
         **timings,
     }
     (run_dir / "demo_results.json").write_text(json.dumps(results, indent=2))
@@ -214,9 +253,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"{selection.critic_last:.1%}, majority {selection.majority:.1%}, random {selection.random:.1%} "
         f"-> gain over random {100 * selection.gain_over_random:+.1f} points"
     )
+    print(f"PPO ({ppo_config.num_iterations} iterations, step-level GAE over the critic's step values):")
+    print(
+        f"  held-out greedy accuracy: {evals[0][1]:.1%} before -> {evals[-1][1]:.1%} after "
+        f"({100 * results['ppo_gain']:+.1f} points); curves: {curves[0].parent}"
+    )
     minutes = {k: v / 60 for k, v in timings.items()}
     print(
         f"  wall time: {minutes['total_s']:.1f} min (SFT {minutes['sft_s']:.1f}, MC labels "
-        f"{minutes['mc_labels_s']:.1f}, critic training {minutes['critic_train_s']:.1f})"
+        f"{minutes['mc_labels_s']:.1f}, critic training {minutes['critic_train_s']:.1f}, PPO {minutes['ppo_s']:.1f})"
     )
     return results

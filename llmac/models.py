@@ -214,3 +214,30 @@ def load_actor(
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(lora))
+
+
+def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of ``model`` under its base model's Hugging Face names, LoRA deltas merged in.
+
+    For a peft model the merge is computed out of place (W + scale * B A), leaving the adapters and
+    the base weights untouched, so it can run every iteration (engine weight sync) without drift.
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return {k: v.detach() for k, v in model.state_dict().items()}
+    base = model.get_base_model()
+    deltas = {
+        f"{name}.weight": module.get_delta_weight(module.active_adapters[0])
+        for name, module in base.named_modules()
+        if hasattr(module, "get_delta_weight") and module.active_adapters
+    }
+    merged = {}
+    for key, value in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        plain = key.replace(".base_layer.", ".")
+        merged[plain] = (
+            (value + deltas[plain].to(value.dtype)).detach() if plain in deltas else value.detach()
+        )
+    return merged

@@ -1,0 +1,568 @@
+"""``llmac ppo``: PPO for a reasoning actor with a step-level critic.
+
+Runs as ``llmac ppo --config recipes/ppo/<recipe>.yaml`` on one process, or under
+``accelerate launch --config_file recipes/accelerate/<zero2|zero3>_cpu.yaml -m llmac ppo ...``.
+
+Each iteration, top to bottom (:meth:`PPOTrainer.iteration`):
+
+1. the main process samples ``samples_per_prompt`` completions for a batch of prompts with the rollout
+   engine and verifies them; the groups are broadcast and split between the processes;
+2. each process scores its share: old and reference log-probs, values at step starts, rewards,
+   advantages (step-level GAE by default: one value per step, its advantage broadcast to its tokens);
+3. ``ppo_epochs`` passes of clipped-surrogate updates over minibatches (actor and value model in one
+   DeepSpeed engine, their own learning rates);
+4. the updated actor's weights are gathered (under ZeRO-3 too) and pushed into the running engine.
+
+Metrics go to ``<output_dir>/metrics.jsonl`` and to the ``report_to`` trackers; checkpoints to
+``<output_dir>/checkpoints`` (a rerun resumes from the newest); the final actor and value model to
+``<output_dir>/actor`` and ``<output_dir>/critic``, loadable with plain ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from llmac.advantages import SEQUENCE_ESTIMATORS, overlong_penalty
+from llmac.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from llmac.config import ModelConfig, parse_config
+from llmac.data.loading import format_prompt
+from llmac.data.tasks import TaskConfig, load_task
+from llmac.distributed import (
+    configure_deepspeed,
+    end_process_group,
+    full_state_dict,
+    make_accelerator,
+    prepare_frozen_model,
+)
+from llmac.engines import EngineConfig, SamplingConfig, build_engine
+from llmac.losses import (
+    aggregate,
+    entropy_from_logits,
+    explained_variance,
+    kl_penalty,
+    masked_mean,
+    policy_loss,
+    token_logprobs,
+    value_loss,
+)
+from llmac.metrics_log import MetricsLog
+from llmac.models import load_actor, load_tokenizer, plain_state_dict
+from llmac.ppo.config import PPOConfig
+from llmac.ppo.experience import Sample, TokenBatch, build_token_batch, has_signal, sample_groups
+from llmac.ppo.targets import Targets, sequence_targets, step_gae_targets, token_gae_targets
+from llmac.rewards.registry import get_reward_fn
+
+logger = logging.getLogger(__name__)
+
+
+class PolicyAndValue(torch.nn.Module):
+    """The actor and its value model as one module, so one DeepSpeed engine (one optimizer) trains both."""
+
+    def __init__(self, policy: torch.nn.Module, value: torch.nn.Module | None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value = value
+
+    def forward(self, input_ids, attention_mask, with_value: bool = True):
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask).logits
+        values = None
+        if with_value and self.value is not None:
+            values = self.value(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1)
+        return logits, values
+
+
+class PromptOrder:
+    """Training prompts in a new seeded order every epoch; ``cursor`` counts prompts handed out."""
+
+    def __init__(self, size: int, seed: int, cursor: int = 0) -> None:
+        self.size, self.seed, self.cursor = size, seed, cursor
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for position in range(self.cursor, self.cursor + k):
+            epoch, offset = divmod(position, self.size)
+            out.append(int(np.random.default_rng([self.seed, epoch]).permutation(self.size)[offset]))
+        self.cursor += k
+        return out
+
+
+def shaped_rewards(samples: Sequence[Sample], config: PPOConfig) -> list[float]:
+    """Outcome rewards plus the soft overlong penalty, when it is on."""
+    rewards = [s.reward for s in samples]
+    if config.overlong_buffer:
+        lengths = torch.tensor([len(s.token_ids) for s in samples])
+        penalty = overlong_penalty(lengths, config.max_new_tokens, config.overlong_buffer)
+        rewards = [r + float(p) for r, p in zip(rewards, penalty, strict=True)]
+    return rewards
+
+
+def sequence_advantages(groups: Sequence[Sequence[Sample]], config: PPOConfig) -> torch.Tensor:
+    """Critic-free advantages of every sample, computed on the whole batch (Lite PPO's batch std)."""
+    rewards = torch.tensor([shaped_rewards(g, config) for g in groups], dtype=torch.float32)
+    return SEQUENCE_ESTIMATORS[config.advantage_estimator](rewards).flatten()
+
+
+class PPOTrainer:
+    def __init__(self, model_config: ModelConfig, task_config: TaskConfig, engine_config: EngineConfig,
+                 config: PPOConfig) -> None:  # fmt: skip
+        self.config = config
+        if config.kl_coef > 0 and config.kl_in == "reward" and not config.uses_value_model:
+            raise ValueError(
+                "PPOConfig: critic-free estimators take the KL in the loss (kl_in='loss'), as GRPO does"
+            )
+        actor_path = Path(model_config.model_name_or_path)
+        if not (actor_path / "config.json").is_file():
+            raise ValueError(f"llmac ppo: model_name_or_path must be a saved actor folder, got {actor_path}")
+        trackers = [t.strip() for t in config.report_to.split(",") if t.strip() not in ("", "none")]
+        self.accelerator = make_accelerator(log_with=trackers or None, project_dir=config.output_dir)
+        configure_deepspeed(self.accelerator, config.mini_batch_size, config.max_grad_norm)
+        torch.manual_seed(config.seed)
+        self.tokenizer = load_tokenizer(actor_path)
+        self.reward_fn = get_reward_fn(config.reward)
+        self.train_prompts, self.train_answers, skipped = self._prompts(load_task(task_config, "train"))
+        self.eval_prompts, self.eval_answers, _ = self._prompts(load_task(task_config, "eval"))
+        self.skipped_long_prompts = skipped
+
+        lora = model_config.lora_settings()
+        policy = load_actor(actor_path, model_config.dtype, lora)
+        value = (
+            self._value_model(actor_path, model_config.dtype, engine_config.delimiter)
+            if config.uses_value_model
+            else None
+        )
+        groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.learning_rate}]
+        if value is not None:
+            groups.append({"params": list(value.parameters()), "lr": config.value_learning_rate})
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        warmup = max(config.warmup_steps, 1)
+        # Stepped by hand once per optimizer step (a prepared scheduler steps once per process).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        )
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.model, self.optimizer = self.accelerator.prepare(PolicyAndValue(policy, value), optimizer)
+        self.model.eval()  # no dropout: old and new log-probs must come from the same function
+        self.reference = None
+        if config.kl_coef > 0 and lora is None:
+            self.reference = prepare_frozen_model(
+                load_actor(actor_path, model_config.dtype), self.accelerator
+            )
+        self.process_reward_model = None
+        if config.process_reward_model:
+            from llmac.critic.model import load_critic
+
+            prm = load_critic(config.process_reward_model, model_config.dtype)
+            self._check_vocabulary(config.process_reward_model)
+            self.process_reward_model = prepare_frozen_model(prm, self.accelerator)
+
+        self.engine = (
+            build_engine(actor_path, engine_config, self.tokenizer)
+            if self.accelerator.is_main_process
+            else None
+        )
+        self.order = PromptOrder(len(self.train_prompts), config.seed)
+        self.log = MetricsLog(config.output_dir, enabled=self.accelerator.is_main_process)
+        self.completions = 0  # generated so far, filtered groups included
+        self.start_iteration = self._resume()
+        if self.accelerator.is_main_process:
+            self.accelerator.init_trackers(
+                "llmac-ppo", config={k: v for k, v in asdict(config).items() if v is not None}
+            )
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _prompts(self, rows) -> tuple[list[list[int]], list[str], int]:
+        """Token ids of the chat-templated questions, without those longer than ``max_prompt_length``."""
+        ids, answers, skipped = [], [], 0
+        for question, answer in zip(rows["question"], rows["answer"], strict=True):
+            tokens = self.tokenizer(format_prompt(self.tokenizer, question), add_special_tokens=False)[
+                "input_ids"
+            ]
+            if len(tokens) > self.config.max_prompt_length:
+                skipped += 1
+                continue
+            ids.append(list(tokens))
+            answers.append(answer)
+        if skipped:
+            logger.warning(
+                "skipped %d prompts longer than max_prompt_length=%d", skipped, self.config.max_prompt_length
+            )
+        if not ids:
+            raise ValueError(
+                f"every prompt is longer than max_prompt_length={self.config.max_prompt_length} tokens"
+            )
+        return ids, answers, skipped
+
+    def _value_model(self, actor_path: Path, dtype: str, delimiter: str) -> torch.nn.Module:
+        from llmac.critic.model import init_critic, load_critic
+
+        if self.config.value_model is None:
+            return init_critic(actor_path, delimiter, dtype)
+        self._check_vocabulary(self.config.value_model)
+        return load_critic(self.config.value_model, dtype)
+
+    def _check_vocabulary(self, critic_path: str) -> None:
+        """A critic reads the actor's token ids, so it must have the actor's vocabulary."""
+        from llmac.critic.model import load_critic_tokenizer
+
+        if load_critic_tokenizer(critic_path).get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(f"the critic at {critic_path} has another tokenizer than the actor: it cannot "
+                             "read the actor's token ids; train it from this actor (`llmac critic train`)")  # fmt: skip
+
+    def _resume(self) -> int:
+        checkpoint = latest_checkpoint(self.config.output_dir)
+        if checkpoint is None:
+            return 0
+        state = load_checkpoint(self.accelerator, checkpoint)
+        self.order.cursor, self.completions = state["prompt_cursor"], state["completions"]
+        self.log.truncate_after(state["iteration"])
+        self.sync_weights()
+        logger.info("resumed from %s (iteration %d)", checkpoint, state["iteration"])
+        return state["iteration"]
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def train(self) -> Path:
+        config = self.config
+        if self.start_iteration == 0 and config.eval_every:
+            self.log.write({"iteration": 0, "completions": 0, **self.evaluate()})
+        bar = tqdm(range(self.start_iteration, config.num_iterations), initial=self.start_iteration,
+                   total=config.num_iterations, desc="ppo", unit="it",
+                   disable=not (config.progress and self.accelerator.is_main_process))  # fmt: skip
+        for iteration in bar:
+            metrics = self.iteration(iteration + 1)
+            if config.eval_every and (
+                (iteration + 1) % config.eval_every == 0 or iteration + 1 == config.num_iterations
+            ):
+                metrics.update(self.evaluate())
+            self.log.write(metrics)
+            self.accelerator.log(metrics, step=iteration + 1)
+            bar.set_postfix(
+                {k: f"{metrics[k]:.3f}" for k in ("reward", "eval_accuracy") if metrics.get(k) is not None}
+            )
+            if config.checkpoint_every and (iteration + 1) % config.checkpoint_every == 0:
+                state = {"prompt_cursor": self.order.cursor, "completions": self.completions}
+                save_checkpoint(
+                    self.accelerator, config.output_dir, iteration + 1, state, config.keep_checkpoints
+                )
+        self.save()
+        self.accelerator.end_training()
+        if self.engine is not None:
+            self.engine.close()
+        return Path(config.output_dir)
+
+    def iteration(self, number: int) -> dict:
+        """One PPO iteration: rollouts, scoring, updates, weight sync. Returns its metrics."""
+        groups, rollout_metrics = self.rollouts(number)
+        if not groups:  # dynamic sampling found no group with any signal
+            return {
+                "iteration": number,
+                "completions": self.completions,
+                "skipped_iteration": 1,
+                **rollout_metrics,
+            }
+        samples, advantages = self.my_share(groups)
+        batch = build_token_batch(samples, shaped_rewards(samples, self.config), self.tokenizer.pad_token_id)
+        start = time.perf_counter()
+        scores = self.score(batch, advantages)
+        train_metrics = self.update(number, batch, scores)
+        train_time = time.perf_counter() - start
+        self.sync_weights()
+        tokens = self._sum(float(batch.completion_mask.sum()))
+        return {
+            "iteration": number,
+            "completions": self.completions,
+            **rollout_metrics,
+            **train_metrics,
+            "train_tokens_per_s": tokens / max(train_time, 1e-9),
+            "skipped_iteration": 0,
+        }
+
+    # -- 1. rollouts -------------------------------------------------------------------------------
+    def rollouts(self, number: int) -> tuple[list[list[Sample]], dict]:
+        """Sampled, verified groups for this iteration, the same on every process."""
+        payload = [None]
+        if self.accelerator.is_main_process:
+            payload = [self._sample_batch(number)]
+        if self.accelerator.num_processes > 1:
+            dist.broadcast_object_list(payload, src=0)
+        groups, metrics, cursor, completions = payload[0]
+        self.order.cursor, self.completions = cursor, completions
+        return groups, metrics
+
+    def _sample_batch(self, number: int):
+        config = self.config
+        wanted = config.prompts_per_iteration
+        sampling = SamplingConfig(n=config.samples_per_prompt, temperature=config.temperature,
+                                  top_p=config.top_p, max_new_tokens=config.max_new_tokens)  # fmt: skip
+        kept, generated, tokens, elapsed = [], [], 0, 0.0
+        rounds = config.max_sampling_rounds if config.dynamic_sampling else 1
+        for round_ in range(rounds):
+            indices = self.order.take(wanted)
+            start = time.perf_counter()
+            # Disjoint seeds per (iteration, round): the engine gives sample k of prompt i seed + i*n + k.
+            seed = config.seed * 1_000_000_007 + (number * 64 + round_) * wanted * config.samples_per_prompt
+            sampling = replace(sampling, seed=seed)
+            groups = sample_groups(self.engine, [self.train_prompts[i] for i in indices],
+                                   [self.train_answers[i] for i in indices], indices, sampling,
+                                   self.reward_fn, config.reward)  # fmt: skip
+            elapsed += time.perf_counter() - start
+            tokens += sum(len(s.token_ids) for g in groups for s in g)
+            generated += groups
+            self.completions += len(groups) * config.samples_per_prompt
+            kept += [g for g in groups if has_signal(g)] if config.dynamic_sampling else groups
+            if len(kept) >= wanted:
+                break
+        kept = kept[:wanted]
+        kept = kept[: len(kept) - len(kept) % self.accelerator.num_processes]  # an equal share per process
+        every = [s for g in generated for s in g]
+        metrics = {
+            "reward": float(np.mean([s.reward for s in every])),
+            "accuracy": float(np.mean([s.reward > 0.5 for s in every])),
+            "response_length": float(np.mean([len(s.token_ids) for s in every])),
+            "truncated_fraction": float(np.mean([s.finish_reason == "length" for s in every])),
+            "filtered_groups": len(generated) - len(kept) if config.dynamic_sampling else 0,
+            "gen_tokens_per_s": tokens / max(elapsed, 1e-9),
+            "skipped_long_prompts": self.skipped_long_prompts,
+        }
+        return kept, metrics, self.order.cursor, self.completions
+
+    def my_share(self, groups: list[list[Sample]]) -> tuple[list[Sample], torch.Tensor | None]:
+        """This process's groups (every ``num_processes``-th) and, critic-free, their advantages."""
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        advantages = None
+        if not self.config.uses_value_model:
+            per_group = sequence_advantages(groups, self.config).view(len(groups), -1)
+            advantages = per_group[rank::world].flatten()
+        return [s for g in groups[rank::world] for s in g], advantages
+
+    # -- 2. scoring --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, batch: TokenBatch, sequence_advantages: torch.Tensor | None) -> dict:
+        """Old log-probs, reference KL, values and targets of this process's batch."""
+        config = self.config
+        old_logprobs, values, ref_logprobs, process = [], [], [], []
+        for chunk in torch.arange(len(batch)).split(config.mini_batch_size):
+            part = batch.select(chunk)
+            logits, value = self._forward(self.model, part, with_value=config.uses_value_model)
+            old_logprobs.append(self._logprobs(logits, part))
+            if value is not None:
+                values.append(self._values(value))
+            if config.kl_coef > 0:
+                ref_logprobs.append(self._reference_logprobs(part))
+            if self.process_reward_model is not None:
+                prm = self.process_reward_model(input_ids=part.input_ids, attention_mask=part.attention_mask)
+                process.append(
+                    torch.sigmoid(prm.logits.squeeze(-1).float()).gather(1, part.step_end_positions)
+                )
+        old = torch.cat(old_logprobs)
+        ref = torch.cat(ref_logprobs) if ref_logprobs else None
+        kl = kl_penalty(old, ref, config.kl_estimator) if ref is not None else None
+        penalty = config.kl_coef * kl if kl is not None and config.kl_in == "reward" else None
+        process_rewards = config.process_reward_coef * torch.cat(process) if process else None
+        if config.advantage_estimator == "step_gae":
+            targets = step_gae_targets(
+                batch, torch.cat(values), config.gamma, config.lam, penalty, process_rewards
+            )
+        elif config.advantage_estimator == "token_gae":
+            targets = token_gae_targets(
+                batch, torch.cat(values), config.gamma, config.lam, penalty, process_rewards
+            )
+        else:
+            targets = sequence_targets(batch, sequence_advantages)
+        if config.uses_value_model and config.whiten_advantages:
+            targets.advantages = self._whiten(targets.advantages, batch.completion_mask)
+        return {"old_logprobs": old, "ref_logprobs": ref, "kl": kl, "targets": targets}
+
+    def _forward(self, model, batch: TokenBatch, with_value: bool):
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, with_value=with_value)
+
+    def _logprobs(self, logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+        """Log-probs ``[B, T]`` of the completion tokens under the sampling temperature."""
+        shifted = token_logprobs(logits[:, :-1].float(), batch.input_ids[:, 1:], self.config.temperature)
+        return shifted.gather(1, batch.completion_positions)
+
+    def _values(self, value_logits: torch.Tensor) -> torch.Tensor:
+        value_logits = value_logits.float()
+        return torch.sigmoid(value_logits) if self.config.value_activation == "sigmoid" else value_logits
+
+    def _reference_logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        if self.reference is not None:
+            logits = self.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            return self._logprobs(logits, batch)
+        policy = self.accelerator.unwrap_model(self.model).policy
+        with policy.disable_adapter():  # LoRA: the reference is the base model
+            logits, _ = self._forward(self.model, batch, with_value=False)
+        return self._logprobs(logits, batch)
+
+    def _whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Zero mean, unit variance over every process's completion tokens."""
+        stats = torch.stack(
+            [torch.where(mask, x, 0.0).sum(), torch.where(mask, x * x, 0.0).sum(), mask.sum()]
+        )
+        if self.accelerator.num_processes > 1:
+            stats = self.accelerator.reduce(stats, reduction="sum")
+        total, squares, count = stats.tolist()
+        mean = total / max(count, 1)
+        std = math.sqrt(max(squares / max(count, 1) - mean * mean, 0.0))
+        return torch.where(mask, (x - mean) / (std + 1e-8), 0.0)
+
+    # -- 3. updates --------------------------------------------------------------------------------
+    def update(self, number: int, batch: TokenBatch, scores: dict) -> dict:
+        config = self.config
+        targets: Targets = scores["targets"]
+        warmup = number <= config.value_warmup_iterations
+        stats: dict[str, list[float]] = {}
+        generator = torch.Generator().manual_seed(config.seed * 7919 + number)
+        for _ in range(config.ppo_epochs):
+            for chunk in torch.randperm(len(batch), generator=generator).split(config.mini_batch_size):
+                part = batch.select(chunk)
+                mask = part.completion_mask
+                logits, values = self._forward(self.model, part, with_value=config.uses_value_model)
+                logprobs = self._logprobs(logits, part)
+                # Under value warm-up the policy term is weighted 0 (not skipped), so every process
+                # runs the same graph and DeepSpeed sees a gradient for every parameter.
+                loss_pg, pg = policy_loss(logprobs, scores["old_logprobs"][chunk], targets.advantages[chunk], mask,
+                                          config.clip_low, config.clip_high, config.loss_aggregation)  # fmt: skip
+                loss = (0.0 if warmup else 1.0) * loss_pg
+                step = {"policy_loss": loss_pg.item(), **{k: v.item() for k, v in pg.items()}}
+                if config.entropy_coef:
+                    entropy = masked_mean(entropy_from_logits(self._completion_logits(logits, part)), mask)
+                    loss = loss - config.entropy_coef * entropy
+                    step["entropy"] = entropy.item()
+                if config.kl_coef > 0 and config.kl_in == "loss":
+                    kl = kl_penalty(logprobs, scores["ref_logprobs"][chunk], config.kl_estimator)
+                    loss = loss + config.kl_coef * aggregate(kl, mask, config.loss_aggregation)
+                if values is not None:
+                    positions = (
+                        part.step_positions
+                        if config.advantage_estimator == "step_gae"
+                        else part.completion_positions
+                    )
+                    new_values = self._values(values).gather(1, positions)
+                    clip = config.value_clip or None
+                    loss_v, vs = value_loss(new_values, targets.old_values[chunk], targets.returns[chunk],
+                                            targets.value_mask[chunk], clip, config.loss_aggregation)  # fmt: skip
+                    loss = loss + config.value_coef * loss_v
+                    step.update({"value_loss": loss_v.item(), **{k: v.item() for k, v in vs.items()}})
+                self.accelerator.backward(loss)
+                if config.max_grad_norm > 0 and self.accelerator.state.deepspeed_plugin is None:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
+                for key, value in step.items():
+                    stats.setdefault(key, []).append(value)
+        metrics = {k: float(np.mean(v)) for k, v in stats.items()}
+        # The engine samples at the trainer's weights (synced after every update), so its log-probs of
+        # the sampled tokens must match the trainer's; a gap means a broken sync or a precision loss.
+        raw = scores["old_logprobs"] if self.config.temperature == 1.0 else None
+        if raw is not None:
+            gap = (raw - batch.engine_logprobs).abs()
+            metrics["engine_logprob_gap"] = masked_mean(gap, batch.completion_mask).item()
+            metrics["engine_logprob_gap_max"] = gap[batch.completion_mask].max().item()
+        if scores["kl"] is not None:
+            metrics["kl"] = masked_mean(scores["kl"], batch.completion_mask).item()
+        if targets.returns is not None:
+            metrics["explained_variance"] = explained_variance(
+                targets.old_values, targets.returns, targets.value_mask
+            )
+            metrics["value_mean"] = masked_mean(targets.old_values, targets.value_mask).item()
+        return self._mean_over_processes(metrics)
+
+    def _completion_logits(self, logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+        index = batch.completion_positions[..., None].expand(-1, -1, logits.shape[-1])
+        return logits[:, :-1].float().gather(1, index)
+
+    def _mean_over_processes(self, metrics: dict) -> dict:
+        if self.accelerator.num_processes == 1 or not metrics:
+            return metrics
+        keys = sorted(metrics)
+        values = self.accelerator.reduce(torch.tensor([metrics[k] for k in keys]), reduction="mean")
+        return dict(zip(keys, values.tolist(), strict=True))
+
+    def _sum(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        return float(self.accelerator.reduce(torch.tensor(value), reduction="sum"))
+
+    # -- 4. weight sync, evaluation, saving ----------------------------------------------------------
+    def policy_weights(self) -> dict[str, torch.Tensor] | None:
+        """The actor's full weights (LoRA merged) on the main process; every process must call it."""
+        policy = self.accelerator.unwrap_model(self.model).policy
+        return full_state_dict(policy, self.accelerator, plain_state_dict)
+
+    def sync_weights(self) -> None:
+        weights = self.policy_weights()
+        if self.engine is not None:
+            self.engine.load_weights(weights)
+        self.accelerator.wait_for_everyone()
+
+    def evaluate(self) -> dict:
+        """Held-out accuracy, greedy and sampled at the rollout temperature (main process; others wait)."""
+        result = {}
+        if self.engine is not None:
+            indices = list(range(len(self.eval_prompts)))
+            greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=self.config.max_new_tokens)
+            runs = [("eval_accuracy", greedy)]
+            if self.config.eval_samples:
+                runs.append(("eval_sampled_accuracy", SamplingConfig(
+                    n=self.config.eval_samples, temperature=self.config.temperature, top_p=self.config.top_p,
+                    max_new_tokens=self.config.max_new_tokens, seed=self.config.seed)))  # fmt: skip
+            for key, sampling in runs:
+                groups = sample_groups(self.engine, self.eval_prompts, self.eval_answers, indices, sampling,
+                                       self.reward_fn, self.config.reward)  # fmt: skip
+                result[key] = float(np.mean([s.reward for g in groups for s in g]))
+        self.accelerator.wait_for_everyone()
+        return result
+
+    def save(self) -> None:
+        """Save the actor (and value model) for plain ``from_pretrained``; every process must call it."""
+        out = Path(self.config.output_dir)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        weights = self.policy_weights()
+        if self.accelerator.is_main_process:
+            policy = (
+                unwrapped.policy.get_base_model()
+                if hasattr(unwrapped.policy, "disable_adapter")
+                else unwrapped.policy
+            )
+            policy.save_pretrained(out / "actor", state_dict=weights, safe_serialization=True)
+            self.tokenizer.save_pretrained(out / "actor")
+        if unwrapped.value is not None:
+            value_weights = full_state_dict(unwrapped.value, self.accelerator)
+            if self.accelerator.is_main_process:
+                unwrapped.value.save_pretrained(
+                    out / "critic", state_dict=value_weights, safe_serialization=True
+                )
+                self.tokenizer.save_pretrained(out / "critic")
+        self.accelerator.wait_for_everyone()
+
+
+def run_ppo(
+    model_config: ModelConfig, task_config: TaskConfig, engine_config: EngineConfig, config: PPOConfig
+) -> Path:
+    """Train with PPO (see the module docstring); returns the run folder."""
+    return PPOTrainer(model_config, task_config, engine_config, config).train()
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    model_config, task_config, engine_config, config = parse_config(
+        [ModelConfig, TaskConfig, EngineConfig, PPOConfig], argv, prog="llmac ppo"
+    )
+    output = run_ppo(model_config, task_config, engine_config, config)
+    end_process_group()
+    return output
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main()

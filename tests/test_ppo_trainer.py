@@ -1,0 +1,160 @@
+"""The PPO trainer on one process: it learns, it resumes exactly after a kill, its engine runs the
+trainer's weights, and bad input fails loudly (or is counted) instead of reaching the weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from llmac.config import ModelConfig
+from llmac.data.tasks import TaskConfig
+from llmac.engines import EngineConfig
+from llmac.metrics_log import MetricsLog
+from llmac.ppo.config import PPOConfig
+from llmac.ppo.trainer import PPOTrainer, PromptOrder
+
+TESTS = Path(__file__).resolve().parent
+TASK = {"num_train": 256, "num_eval": 16}
+
+
+def _config(tmp_path: Path, **overrides) -> PPOConfig:
+    fields = dict(output_dir=str(tmp_path / "run"), num_iterations=2, prompts_per_iteration=8, samples_per_prompt=4,
+                  max_new_tokens=40, mini_batch_size=16, learning_rate=1e-4, value_learning_rate=1e-3,
+                  checkpoint_every=0, eval_every=0, progress=False, seed=3)  # fmt: skip
+    fields.update(overrides)
+    return PPOConfig(**fields)
+
+
+def _trainer(actor: Path, tmp_path: Path, lora: bool = False, **overrides) -> PPOTrainer:
+    return PPOTrainer(ModelConfig(model_name_or_path=str(actor), use_lora=lora, lora_r=8),
+                      TaskConfig(**TASK), EngineConfig(engine="hf", engine_dtype="float32"),
+                      _config(tmp_path, **overrides))  # fmt: skip
+
+
+def test_prompt_order_is_a_new_permutation_every_epoch():
+    order = PromptOrder(5, seed=1)
+    first, second = order.take(5), order.take(5)
+    assert sorted(first) == sorted(second) == list(range(5)) and first != second
+    resumed = PromptOrder(5, seed=1, cursor=3)
+    assert resumed.take(4) == first[3:] + second[:2]
+
+
+def test_ppo_learns_a_reward_and_its_engine_runs_the_trainers_weights(tiny_actor_dir, tmp_path):
+    trainer = _trainer(tiny_actor_dir, tmp_path, reward="ppo_rewards:short", num_iterations=12,
+                       advantage_estimator="step_gae", prompts_per_iteration=16, eval_every=0)  # fmt: skip
+    trainer.train()
+    rows = MetricsLog(tmp_path / "run").read()
+    rewards = [r["reward"] for r in rows]
+    assert len(rows) == 12 and sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
+    # Every iteration's rollouts came from the weights of the update before (synced into the engine).
+    assert max(r["engine_logprob_gap_max"] for r in rows) < 1e-3
+    assert all(r["clip_fraction"] < 0.5 and math.isfinite(r["value_loss"]) for r in rows)
+    actor = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "actor")
+    assert set(load_file(tmp_path / "run" / "actor" / "model.safetensors")) == set(actor.state_dict())
+    assert (tmp_path / "run" / "critic" / "config.json").is_file()
+
+
+def test_lora_run_syncs_merged_weights_and_saves_a_plain_model(tiny_actor_dir, tmp_path):
+    trainer = _trainer(tiny_actor_dir, tmp_path, lora=True, advantage_estimator="grpo", kl_coef=0.05, kl_in="loss", reward="ppo_rewards:short",
+                       kl_estimator="k3", learning_rate=1e-3)  # fmt: skip
+    trainer.train()
+    rows = MetricsLog(tmp_path / "run").read()
+    assert rows[1]["engine_logprob_gap_max"] < 1e-3 and rows[1]["kl"] > 0  # the update moved the policy
+    saved = load_file(tmp_path / "run" / "actor" / "model.safetensors")
+    assert not any("lora" in k or "base_layer" in k for k in saved)
+    base = load_file(tiny_actor_dir / "model.safetensors")
+    assert set(saved) == set(base)
+    assert any(not torch.equal(saved[k], base[k]) for k in base), "the LoRA update was not merged"
+
+
+def _command(actor: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "llmac", "ppo", "--model_name_or_path", str(actor), "--engine", "hf",
+        "--engine_dtype", "float32", "--num_train", "256", "--num_eval", "16", "--output_dir", str(out),
+        "--num_iterations", "4", "--checkpoint_every", "2", "--eval_every", "0", "--prompts_per_iteration", "8",
+        "--samples_per_prompt", "4", "--max_new_tokens", "40", "--mini_batch_size", "16", "--ppo_epochs", "2",
+        "--learning_rate", "1e-4", "--seed", "5", "--progress", "false", "--reward", "ppo_rewards:short",
+    ]  # fmt: skip
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tiny_actor_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    subprocess.run(_command(tiny_actor_dir, tmp_path / "whole"), env=env, check=True, capture_output=True)
+
+    out = tmp_path / "killed"
+    job = subprocess.Popen(_command(tiny_actor_dir, out), env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while (
+        not (out / "checkpoints" / "iter-000002").is_dir()
+        and job.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert job.poll() is None, job.stderr.read().decode()[-2000:]
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert not (out / "actor").exists()
+    subprocess.run(_command(tiny_actor_dir, out), env=env, check=True, capture_output=True)
+
+    whole, resumed = MetricsLog(tmp_path / "whole").read(), MetricsLog(out).read()
+    assert [r["iteration"] for r in resumed] == [1, 2, 3, 4]
+    for key, value in whole[3].items():
+        if key.endswith("tokens_per_s"):
+            continue
+        assert resumed[3][key] == pytest.approx(value, abs=1e-5), key
+    a = load_file(tmp_path / "whole" / "actor" / "model.safetensors")
+    b = load_file(out / "actor" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_reward_function_errors_are_reported(tiny_actor_dir, tmp_path):
+    with pytest.raises(RuntimeError, match=r"reward function 'ppo_rewards:raises' raised .*answer table"):
+        _trainer(tiny_actor_dir, tmp_path, reward="ppo_rewards:raises").train()
+    with pytest.raises(ValueError, match=r"'ppo_rewards:nan_for_third' returned nan for completion 2"):
+        _trainer(tiny_actor_dir, tmp_path / "nan", reward="ppo_rewards:nan_for_third").train()
+
+
+def test_an_all_filtered_batch_is_a_counted_skip(tiny_actor_dir, tmp_path):
+    trainer = _trainer(tiny_actor_dir, tmp_path, reward="ppo_rewards:always_one", advantage_estimator="grpo",
+                       dynamic_sampling=True, max_sampling_rounds=2)  # fmt: skip
+    before = {k: v.clone() for k, v in trainer.policy_weights().items()}
+    trainer.train()
+    rows = MetricsLog(tmp_path / "run").read()
+    assert [r["skipped_iteration"] for r in rows] == [1, 1]
+    assert [r["filtered_groups"] for r in rows] == [16, 16]  # 2 rounds of 8 prompts, all equal rewards
+    assert rows[-1]["completions"] == 2 * 2 * 8 * 4
+    after = trainer.policy_weights()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_long_prompts_are_skipped_and_counted(tiny_actor_dir, tmp_path):
+    with pytest.raises(ValueError, match="every prompt is longer than max_prompt_length=4"):
+        _trainer(tiny_actor_dir, tmp_path, max_prompt_length=4)
+    lengths = sorted(len(p) for p in _trainer(tiny_actor_dir, tmp_path).train_prompts)
+    cap = lengths[len(lengths) // 2]
+    trainer = _trainer(tiny_actor_dir, tmp_path, max_prompt_length=cap)
+    assert trainer.skipped_long_prompts == sum(n > cap for n in lengths) > 0
+    assert max(len(p) for p in trainer.train_prompts) <= cap
+
+
+def test_bad_settings_are_refused(tiny_actor_dir, tmp_path):
+    with pytest.raises(ValueError, match="advantage_estimator must be one of"):
+        _config(tmp_path, advantage_estimator="vtrace")
+    with pytest.raises(ValueError, match="grpo needs samples_per_prompt >= 2"):
+        _config(tmp_path, advantage_estimator="grpo", samples_per_prompt=1)
+    with pytest.raises(ValueError, match="kl_in='loss'"):
+        _trainer(tiny_actor_dir, tmp_path, advantage_estimator="rloo", kl_coef=0.1, kl_in="reward")
+    with pytest.raises(ValueError, match="must be a saved actor folder"):
+        _trainer(tmp_path / "nowhere", tmp_path)
+    assert json.loads(json.dumps(_config(tmp_path).__dict__))["clip_high"] == 0.2
