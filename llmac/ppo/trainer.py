@@ -238,11 +238,15 @@ class PPOTrainer:
                    total=config.num_iterations, desc="ppo", unit="it",
                    disable=not (config.progress and self.accelerator.is_main_process))  # fmt: skip
         for iteration in bar:
+            start = time.perf_counter()
             metrics = self.iteration(iteration + 1)
+            metrics["iteration_seconds"] = time.perf_counter() - start
             if config.eval_every and (
                 (iteration + 1) % config.eval_every == 0 or iteration + 1 == config.num_iterations
             ):
+                start = time.perf_counter()
                 metrics.update(self.evaluate())
+                metrics["eval_seconds"] = time.perf_counter() - start
             self.log.write(metrics)
             self.accelerator.log(metrics, step=iteration + 1)
             bar.set_postfix(
@@ -434,10 +438,12 @@ class PPOTrainer:
                                           config.clip_low, config.clip_high, config.loss_aggregation)  # fmt: skip
                 loss = (0.0 if warmup else 1.0) * loss_pg
                 step = {"policy_loss": loss_pg.item(), **{k: v.item() for k, v in pg.items()}}
-                if config.entropy_coef:
+                # Entropy is logged always; it carries a gradient only when it is in the loss.
+                with torch.set_grad_enabled(config.entropy_coef > 0):
                     entropy = masked_mean(entropy_from_logits(self._completion_logits(logits, part)), mask)
+                if config.entropy_coef:
                     loss = loss - config.entropy_coef * entropy
-                    step["entropy"] = entropy.item()
+                step["entropy"] = entropy.item()
                 if config.kl_coef > 0 and config.kl_in == "loss":
                     kl = kl_penalty(logprobs, scores["ref_logprobs"][chunk], config.kl_estimator)
                     loss = loss + config.kl_coef * aggregate(kl, mask, config.loss_aggregation)

