@@ -20,7 +20,10 @@ class PPOConfig:
     seed: int = field(default=0, metadata={"help": "Seed of prompt order, sampling and minibatch order."})
     num_iterations: int = field(default=40, metadata={"help": "PPO iterations (sample, score, update)."})
     checkpoint_every: int = field(
-        default=10, metadata={"help": "Save a resumable checkpoint every k iterations (0: never; the final actor is always saved)."}
+        default=10,
+        metadata={
+            "help": "Save a resumable checkpoint every k iterations (0: never; the final actor is always saved)."
+        },
     )
     keep_checkpoints: int = field(default=2, metadata={"help": "Checkpoints kept on disk (the newest)."})
     eval_every: int = field(

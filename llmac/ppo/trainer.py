@@ -133,38 +133,11 @@ class PPOTrainer:
         self.eval_prompts, self.eval_answers, _ = self._prompts(load_task(task_config, "eval"))
         self.skipped_long_prompts = skipped
 
-        lora = model_config.lora_settings()
-        policy = load_actor(actor_path, model_config.dtype, lora)
-        value = (
-            self._value_model(actor_path, model_config.dtype, engine_config.delimiter)
-            if config.uses_value_model
-            else None
+        self.model, self.optimizer, self.scheduler = self._trainable_models(
+            actor_path, model_config, engine_config
         )
-        groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.learning_rate}]
-        if value is not None:
-            groups.append({"params": list(value.parameters()), "lr": config.value_learning_rate})
-        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-        warmup = max(config.warmup_steps, 1)
-        # Stepped by hand once per optimizer step (a prepared scheduler steps once per process).
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup)
-        )
-        self.accelerator.register_for_checkpointing(self.scheduler)
-        self.model, self.optimizer = self.accelerator.prepare(PolicyAndValue(policy, value), optimizer)
-        self.model.eval()  # no dropout: old and new log-probs must come from the same function
-        self.reference = None
-        if config.kl_coef > 0 and lora is None:
-            self.reference = prepare_frozen_model(
-                load_actor(actor_path, model_config.dtype), self.accelerator
-            )
-        self.process_reward_model = None
-        if config.process_reward_model:
-            from llmac.critic.model import load_critic
-
-            prm = load_critic(config.process_reward_model, model_config.dtype)
-            self._check_vocabulary(config.process_reward_model)
-            self.process_reward_model = prepare_frozen_model(prm, self.accelerator)
-
+        self.reference = self._reference_model(actor_path, model_config)
+        self.process_reward_model = self._process_reward_model(model_config.dtype)
         self.engine = (
             build_engine(actor_path, engine_config, self.tokenizer)
             if self.accelerator.is_main_process
@@ -180,6 +153,40 @@ class PPOTrainer:
             )
 
     # -- setup -------------------------------------------------------------------------------------
+    def _trainable_models(self, actor_path: Path, model_config: ModelConfig, engine_config: EngineConfig):
+        """The actor (LoRA-wrapped if asked) and its value model in one prepared module, their AdamW
+        (one learning rate each) and its linear warm-up."""
+        config = self.config
+        policy = load_actor(actor_path, model_config.dtype, model_config.lora_settings())
+        value = None
+        if config.uses_value_model:
+            value = self._value_model(actor_path, model_config.dtype, engine_config.delimiter)
+        groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.learning_rate}]
+        if value is not None:
+            groups.append({"params": list(value.parameters()), "lr": config.value_learning_rate})
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        warmup = max(config.warmup_steps, 1)
+        # Stepped by hand once per optimizer step (a prepared scheduler steps once per process).
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        self.accelerator.register_for_checkpointing(scheduler)
+        model, optimizer = self.accelerator.prepare(PolicyAndValue(policy, value), optimizer)
+        model.eval()  # no dropout: old and new log-probs must come from the same function
+        return model, optimizer, scheduler
+
+    def _reference_model(self, actor_path: Path, model_config: ModelConfig) -> torch.nn.Module | None:
+        """The frozen actor for the KL term; none without KL, or with LoRA (the adapters are disabled)."""
+        if self.config.kl_coef <= 0 or model_config.use_lora:
+            return None
+        return prepare_frozen_model(load_actor(actor_path, model_config.dtype), self.accelerator)
+
+    def _process_reward_model(self, dtype: str) -> torch.nn.Module | None:
+        if not self.config.process_reward_model:
+            return None
+        from llmac.critic.model import load_critic
+
+        self._check_vocabulary(self.config.process_reward_model)
+        return prepare_frozen_model(load_critic(self.config.process_reward_model, dtype), self.accelerator)
+
     def _prompts(self, rows) -> tuple[list[list[int]], list[str], int]:
         """Token ids of the chat-templated questions, without those longer than ``max_prompt_length``."""
         ids, answers, skipped = [], [], 0
