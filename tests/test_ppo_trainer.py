@@ -51,7 +51,7 @@ def test_prompt_order_is_a_new_permutation_every_epoch():
 
 
 def test_ppo_learns_a_reward_and_its_engine_runs_the_trainers_weights(tiny_actor_dir, tmp_path):
-    trainer = _trainer(tiny_actor_dir, tmp_path, reward="ppo_rewards:short", num_iterations=12,
+    trainer = _trainer(tiny_actor_dir, tmp_path, reward="ppo_rewards:short", num_iterations=12, warmup_steps=1,
                        advantage_estimator="step_gae", prompts_per_iteration=16, eval_every=0)  # fmt: skip
     trainer.train()
     rows = MetricsLog(tmp_path / "run").read()
