@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 # subcommand -> (module, function, one-line help)
@@ -38,8 +40,16 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str, str]], argv: list[st
     getattr(importlib.import_module(module), function)(rest)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    # SIGTERM would end the process without unwinding; as SystemExit, `finally` blocks and exit
+    # handlers run, so a vLLM engine shuts its worker processes down instead of orphaning them.
+    sys.exit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     dispatch("llmac", COMMANDS, argv)
 

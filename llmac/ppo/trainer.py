@@ -496,11 +496,18 @@ class PPOTrainer:
         return logits[:, :-1].float().gather(1, index)
 
     def _mean_over_processes(self, metrics: dict) -> dict:
+        """Metrics over every process: the maximum for ``*_max`` keys, the mean for the others."""
         if self.accelerator.num_processes == 1 or not metrics:
             return metrics
         keys = sorted(metrics)
-        values = self.accelerator.reduce(torch.tensor([metrics[k] for k in keys]), reduction="mean")
-        return dict(zip(keys, values.tolist(), strict=True))
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+        peaks = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+        means = (values / self.accelerator.num_processes).tolist()
+        return {
+            k: (p if k.endswith("_max") else m) for k, m, p in zip(keys, means, peaks.tolist(), strict=True)
+        }
 
     def _sum(self, value: float) -> float:
         if self.accelerator.num_processes == 1:
