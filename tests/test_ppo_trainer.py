@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmac.config import ModelConfig
 from llmac.data.tasks import TaskConfig
@@ -158,3 +158,31 @@ def test_bad_settings_are_refused(tiny_actor_dir, tmp_path):
     with pytest.raises(ValueError, match="must be a saved actor folder"):
         _trainer(tmp_path / "nowhere", tmp_path)
     assert json.loads(json.dumps(_config(tmp_path).__dict__))["clip_high"] == 0.2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"advantage_estimator": "token_gae", "overlong_buffer": 8, "entropy_coef": 0.01, "kl_coef": 0.05},
+        {"advantage_estimator": "rloo", "loss_aggregation": "sequence", "kl_coef": 0.05, "kl_in": "loss"},
+        {"advantage_estimator": "lite_ppo", "dynamic_sampling": True, "value_warmup_iterations": 1},
+        {"advantage_estimator": "step_gae", "process_reward_model": "CRITIC", "value_clip": 0.0},
+    ],
+    ids=["token_gae", "rloo", "lite_ppo", "process_reward"],
+)
+def test_every_estimator_and_switch_runs_end_to_end(tiny_actor_dir, tmp_path, options):
+    if options.get("process_reward_model") == "CRITIC":
+        from llmac.critic.model import init_critic
+
+        init_critic(tiny_actor_dir).save_pretrained(tmp_path / "critic")
+        AutoTokenizer.from_pretrained(tiny_actor_dir).save_pretrained(tmp_path / "critic")
+        options = {**options, "process_reward_model": str(tmp_path / "critic")}
+    trainer = _trainer(tiny_actor_dir, tmp_path, reward="ppo_rewards:short", **options)
+    trainer.train()
+    rows = MetricsLog(tmp_path / "run").read()
+    assert len(rows) == 2
+    for row in rows:
+        assert all(v is None or math.isfinite(v) for v in row.values() if isinstance(v, float)), row
+        if not row["skipped_iteration"]:
+            assert row["engine_logprob_gap_max"] < 1e-3
+    assert all(torch.isfinite(w).all() for w in trainer.policy_weights().values())
