@@ -34,6 +34,7 @@ from llmac.critic.training import CriticConfig, CriticDataConfig, run_critic_tra
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
 from llmac.evaluation import evaluate, metrics_from_rollouts
+from llmac.files import write_text_atomically
 from llmac.metrics_log import MetricsLog
 from llmac.plot import plot_run
 from llmac.ppo.config import PPOConfig
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "ppo_gain": evals[-1][1] - evals[0][1],
         **timings,
     }
-    (run_dir / "demo_results.json").write_text(json.dumps(results, indent=2))
+    write_text_atomically(run_dir / "demo_results.json", json.dumps(results, indent=2))
     n = selection.n
     print("\n== llmac demo ==")
     print(f"SFT'd tiny actor on {len(held_out)} held-out arithmetic problems ({results['engine']}):")

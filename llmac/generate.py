@@ -13,6 +13,7 @@ from llmac.config import parse_config
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
 from llmac.evaluation import EvalResult, evaluate
+from llmac.files import write_text_atomically
 from llmac.rewards import answer_keys, get_reward_fn
 from llmac.rollouts import sample_rollouts, save_dataset_atomically
 
@@ -97,6 +98,6 @@ def eval_main(argv: Sequence[str] | None = None) -> EvalResult:
     print(result.summary())
     if run.output_dir:
         save_dataset_atomically(rollouts, Path(run.output_dir) / "rollouts")
-        (Path(run.output_dir) / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
+        write_text_atomically(Path(run.output_dir) / "metrics.json", json.dumps(asdict(result), indent=2))
         shutil.rmtree(shards)
     return result

@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+from llmac.files import write_text_atomically
+
 FILE_NAME = "metrics.jsonl"
 
 
@@ -33,9 +35,7 @@ class MetricsLog:
                 break  # a line cut short by a kill is always the last one
             if record.get("iteration", 0) <= iteration:
                 kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        write_text_atomically(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:

@@ -12,12 +12,12 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from llmac.files import write_atomically
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -177,15 +177,7 @@ def compare_figure(curves: Sequence[Curve], metric: str, x: str) -> Figure:
 
 def save_png(figure: Figure, path: Path) -> Path:
     """Write ``figure`` to ``path`` atomically: a temporary file in the same folder, then os.replace."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "xb") as stream:
-            figure.savefig(stream, format="png", dpi=DPI)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=DPI))
 
 
 def _filename(metric: str) -> str:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from llmac.data.loading import format_prompt
 from llmac.engines.base import Completion, RolloutEngine, SamplingConfig
+from llmac.files import write_text_atomically
 from llmac.rewards.registry import RewardFn
 from llmac.steps import split_steps
 
@@ -90,7 +91,8 @@ class ShardStore:
                 f"{self.directory} holds rollout shards of other prompts or sampling settings: "
                 "use another output directory or delete it"
             )
-        stamp.write_text(fingerprint)
+        if not stamp.exists():
+            write_text_atomically(stamp, fingerprint)
 
     def load(self, number: int) -> Dataset | None:
         path = self.directory / f"shard-{number:05d}"

@@ -6,6 +6,7 @@ change its weights put the original weights back.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 
@@ -291,3 +292,15 @@ def test_weight_chunks_are_bounded_and_serialisable_with_tied_weights():
     # tied tensors in one chunk are copied apart (safetensors refuses shared storage)
     (together,) = _chunks(state, max_bytes=2**20)
     safetensors.torch.load(safetensors.torch.save(together))
+
+
+def test_weight_sync_drops_only_the_rotary_reload_notice():
+    from llmac.engines.vllm_worker import _keep_record
+
+    def record(*args):
+        return logging.LogRecord(
+            "vllm", logging.WARNING, "layerwise.py", 266, "%s: Failed to load weights", args, None
+        )
+
+    assert not _keep_record(record("RotaryEmbedding"))
+    assert _keep_record(record("QKVParallelLinear"))  # a real failure still reaches the log

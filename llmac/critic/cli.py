@@ -19,6 +19,7 @@ from llmac.critic.evaluation import score_dataset, solutions_of
 from llmac.data.loading import load_records
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
+from llmac.files import write_text_atomically
 from llmac.rewards import answer_keys, get_reward_fn
 from llmac.rollouts import sample_rollouts, save_dataset_atomically
 
@@ -193,11 +194,7 @@ def eval_main(argv: Sequence[str] | None = None) -> dict:
     metrics = evaluate_critic(model, tokenizer, delimiter, config)
     print(json.dumps(metrics, indent=2))
     if config.output_dir:
-        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-        path = Path(config.output_dir) / "metrics.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2))
-        tmp.replace(path)
+        write_text_atomically(Path(config.output_dir) / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -8,13 +8,13 @@ Each step is coloured by its critic value (red 0 -> green 1) and the first step 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from llmac.critic.metrics import first_error_from_labels, first_error_index
+from llmac.files import write_text_atomically
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 60em; padding: 1em; color: #222; }
@@ -158,8 +158,4 @@ def write_inspector(
     """
     path = Path(path)
     page = render_inspector(records, title=title, threshold=threshold)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomically(path, page)

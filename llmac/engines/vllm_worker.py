@@ -10,7 +10,24 @@ staged rather than loaded one by one. This module imports only torch and safeten
 
 from __future__ import annotations
 
+import logging
+
 import safetensors.torch
+
+# vLLM's layer-wise reload warns "RotaryEmbedding: Failed to load weights" at every sync: rotary
+# layers hold a computed cos/sin cache that no checkpoint carries, and vLLM puts it back as it was.
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+def _keep_record(record: logging.LogRecord) -> bool:
+    return not (record.msg == "%s: Failed to load weights" and record.args == ("RotaryEmbedding",))
+
+
+def _quiet_rotary_reload_notice() -> None:
+    """Drop that one notice (once per worker); every other layer's failure is still logged."""
+    logger = logging.getLogger(RELOAD_LOGGER)
+    if _keep_record not in logger.filters:
+        logger.addFilter(_keep_record)
 
 
 class WeightSyncExtension:
@@ -30,6 +47,7 @@ class WeightSyncExtension:
         # The worker's own reload_weights sets vLLM's current config around the runner's; older
         # workers lack it.
         reload = getattr(self, "reload_weights", None) or self.model_runner.reload_weights
+        _quiet_rotary_reload_notice()
         reload(weights_iterator=iter(staged))
         return len(staged)
 
