@@ -78,22 +78,25 @@ def test_lora_run_syncs_merged_weights_and_saves_a_plain_model(tiny_actor_dir, t
     assert any(not torch.equal(saved[k], base[k]) for k in base), "the LoRA update was not merged"
 
 
-def _command(actor: Path, out: Path) -> list[str]:
+def _command(actor: Path, out: Path, async_rollouts: bool = False) -> list[str]:
     return [
         sys.executable, "-m", "llmac", "ppo", "--model_name_or_path", str(actor), "--engine", "hf",
         "--engine_dtype", "float32", "--num_train", "256", "--num_eval", "16", "--output_dir", str(out),
         "--num_iterations", "4", "--checkpoint_every", "2", "--eval_every", "0", "--prompts_per_iteration", "8",
         "--samples_per_prompt", "4", "--max_new_tokens", "40", "--mini_batch_size", "16", "--ppo_epochs", "2",
         "--learning_rate", "1e-4", "--seed", "5", "--progress", "false", "--reward", "ppo_rewards:short",
+        "--async_rollouts", str(async_rollouts).lower(),
     ]  # fmt: skip
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tiny_actor_dir, tmp_path):
+@pytest.mark.parametrize("async_rollouts", [False, True], ids=["sync", "async"])
+def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tiny_actor_dir, tmp_path, async_rollouts):
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    subprocess.run(_command(tiny_actor_dir, tmp_path / "whole"), env=env, check=True, capture_output=True)
+    command = lambda out: _command(tiny_actor_dir, out, async_rollouts)  # noqa: E731
+    subprocess.run(command(tmp_path / "whole"), env=env, check=True, capture_output=True)
 
     out = tmp_path / "killed"
-    job = subprocess.Popen(_command(tiny_actor_dir, out), env=env, stderr=subprocess.PIPE)
+    job = subprocess.Popen(command(out), env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while (
         not (out / "checkpoints" / "iter-000002").is_dir()
@@ -105,7 +108,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tiny_actor_dir, 
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert not (out / "actor").exists()
-    subprocess.run(_command(tiny_actor_dir, out), env=env, check=True, capture_output=True)
+    subprocess.run(command(out), env=env, check=True, capture_output=True)
 
     whole, resumed = MetricsLog(tmp_path / "whole").read(), MetricsLog(out).read()
     assert [r["iteration"] for r in resumed] == [1, 2, 3, 4]
@@ -116,6 +119,37 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tiny_actor_dir, 
     a = load_file(tmp_path / "whole" / "actor" / "model.safetensors")
     b = load_file(out / "actor" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_async_rollouts_are_sampled_one_update_behind(tiny_actor_dir, tmp_path):
+    trainer = _trainer(tiny_actor_dir, tmp_path, async_rollouts=True, num_iterations=3, learning_rate=1e-3,
+                       advantage_estimator="grpo", reward="ppo_rewards:short")  # fmt: skip
+    sampled = {}
+    sample_batch = trainer._sample_batch
+
+    def recording(number, cursor, completions):
+        result = sample_batch(number, cursor, completions)
+        sampled[number] = (cursor, completions, result[0])
+        return result
+
+    trainer._sample_batch = recording
+    trainer.train()
+    rows = MetricsLog(tmp_path / "run").read()
+    assert sorted(sampled) == [1, 2, 3]
+    # Batch 2 was sampled while iteration 1 updated, so from the initial weights: a fresh trainer
+    # (initial weights, synchronous) samples exactly the same completions for it.
+    fresh = _trainer(tiny_actor_dir, tmp_path / "fresh", num_iterations=3, learning_rate=1e-3,
+                     advantage_estimator="grpo", reward="ppo_rewards:short")  # fmt: skip
+    cursor, completions, groups = sampled[2]
+    again = fresh._sample_batch(2, cursor, completions)[0]
+    tokens = lambda gs: [s.token_ids for g in gs for s in g]  # noqa: E731
+    assert tokens(again) == tokens(groups)
+    fresh.close()
+    # ... and the trainer scored them with weights one update newer than the ones that sampled them.
+    assert rows[1]["engine_logprob_gap"] > 100 * rows[0]["engine_logprob_gap"] + 1e-4
+    assert (
+        rows[0]["sampler_wait_seconds"] >= 0 and rows[2]["sampler_wait_seconds"] == 0
+    )  # none after the last
 
 
 def test_reward_function_errors_are_reported(tiny_actor_dir, tmp_path):

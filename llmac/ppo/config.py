@@ -49,6 +49,15 @@ class PPOConfig:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass of the rollouts."})
     max_new_tokens: int = field(default=96, metadata={"help": "Tokens per completion at most."})
+    async_rollouts: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample the next iteration's rollouts while this one scores and updates (one-step "
+            "off-policy: they come from the weights before this update, and the PPO ratio is taken against "
+            "the trainer's current weights). Hides generation behind training; an iteration that saves a "
+            "checkpoint does not sample ahead, so resuming stays exact."
+        },
+    )
     max_prompt_length: int = field(
         default=256,
         metadata={"help": "Prompts with more tokens are skipped at load time (and counted in the log)."},

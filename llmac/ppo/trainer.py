@@ -24,6 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -146,6 +147,9 @@ class PPOTrainer:
         self.order = PromptOrder(len(self.train_prompts), config.seed)
         self.log = MetricsLog(config.output_dir, enabled=self.accelerator.is_main_process)
         self.completions = 0  # generated so far, filtered groups included
+        # async_rollouts: the main process samples the next batch on a background thread.
+        self._sampler: ThreadPoolExecutor | None = None
+        self._next_rollouts: Future | None = None
         self.start_iteration = self._resume()
         if self.accelerator.is_main_process:
             self.accelerator.init_trackers(
@@ -244,30 +248,35 @@ class PPOTrainer:
         bar = tqdm(range(self.start_iteration, config.num_iterations), initial=self.start_iteration,
                    total=config.num_iterations, desc="ppo", unit="it",
                    disable=not (config.progress and self.accelerator.is_main_process))  # fmt: skip
-        for iteration in bar:
-            start = time.perf_counter()
-            metrics = self.iteration(iteration + 1)
-            metrics["iteration_seconds"] = time.perf_counter() - start
-            if config.eval_every and (
-                (iteration + 1) % config.eval_every == 0 or iteration + 1 == config.num_iterations
-            ):
+        try:
+            for iteration in bar:
                 start = time.perf_counter()
-                metrics.update(self.evaluate())
-                metrics["eval_seconds"] = time.perf_counter() - start
-            self.log.write(metrics)
-            self.accelerator.log(metrics, step=iteration + 1)
-            bar.set_postfix(
-                {k: f"{metrics[k]:.3f}" for k in ("reward", "eval_accuracy") if metrics.get(k) is not None}
-            )
-            if config.checkpoint_every and (iteration + 1) % config.checkpoint_every == 0:
-                state = {"prompt_cursor": self.order.cursor, "completions": self.completions}
-                save_checkpoint(
-                    self.accelerator, config.output_dir, iteration + 1, state, config.keep_checkpoints
+                metrics = self.iteration(iteration + 1)
+                metrics["iteration_seconds"] = time.perf_counter() - start
+                if config.eval_every and (
+                    (iteration + 1) % config.eval_every == 0 or iteration + 1 == config.num_iterations
+                ):
+                    start = time.perf_counter()
+                    metrics.update(self.evaluate())
+                    metrics["eval_seconds"] = time.perf_counter() - start
+                self.log.write(metrics)
+                self.accelerator.log(metrics, step=iteration + 1)
+                bar.set_postfix(
+                    {
+                        k: f"{metrics[k]:.3f}"
+                        for k in ("reward", "eval_accuracy")
+                        if metrics.get(k) is not None
+                    }
                 )
-        self.save()
-        self.accelerator.end_training()
-        if self.engine is not None:
-            self.engine.close()
+                if config.checkpoint_every and (iteration + 1) % config.checkpoint_every == 0:
+                    state = {"prompt_cursor": self.order.cursor, "completions": self.completions}
+                    save_checkpoint(
+                        self.accelerator, config.output_dir, iteration + 1, state, config.keep_checkpoints
+                    )
+            self.save()
+            self.accelerator.end_training()
+        finally:
+            self.close()
         return Path(config.output_dir)
 
     def iteration(self, number: int) -> dict:
@@ -280,12 +289,15 @@ class PPOTrainer:
                 "skipped_iteration": 1,
                 **rollout_metrics,
             }
+        self.sample_ahead(number)
         samples, advantages = self.my_share(groups)
         batch = build_token_batch(samples, shaped_rewards(samples, self.config), self.tokenizer.pad_token_id)
         start = time.perf_counter()
         scores = self.score(batch, advantages)
+        scored = time.perf_counter()
         train_metrics = self.update(number, batch, scores)
-        train_time = time.perf_counter() - start
+        updated = time.perf_counter()
+        waited = self.wait_for_sampler()
         self.sync_weights()
         tokens = self._sum(float(batch.completion_mask.sum()))
         return {
@@ -293,7 +305,11 @@ class PPOTrainer:
             "completions": self.completions,
             **rollout_metrics,
             **train_metrics,
-            "train_tokens_per_s": tokens / max(train_time, 1e-9),
+            "train_tokens_per_s": tokens / max(updated - start, 1e-9),
+            "score_seconds": scored - start,
+            "update_seconds": updated - scored,
+            "sampler_wait_seconds": waited,
+            "sync_seconds": time.perf_counter() - updated - waited,
             "skipped_iteration": 0,
         }
 
@@ -302,22 +318,56 @@ class PPOTrainer:
         """Sampled, verified groups for this iteration, the same on every process."""
         payload = [None]
         if self.accelerator.is_main_process:
-            payload = [self._sample_batch(number)]
+            if self._next_rollouts is not None:  # sampled during the previous iteration
+                payload = [self._next_rollouts.result()]
+                self._next_rollouts = None
+            else:
+                payload = [self._sample_batch(number, self.order.cursor, self.completions)]
         if self.accelerator.num_processes > 1:
             dist.broadcast_object_list(payload, src=0)
         groups, metrics, cursor, completions = payload[0]
         self.order.cursor, self.completions = cursor, completions
         return groups, metrics
 
-    def _sample_batch(self, number: int):
+    def sample_ahead(self, number: int) -> None:
+        """Under ``async_rollouts``, start sampling iteration ``number + 1``'s batch in the background.
+
+        The engine still holds the weights that sampled this iteration, so the next batch is one update
+        behind. Not done before a checkpoint (the resumed run samples that batch from the saved weights
+        and must see the same one) nor after the last iteration.
+        """
         config = self.config
+        checkpointing = config.checkpoint_every and number % config.checkpoint_every == 0
+        if not (config.async_rollouts and self.engine is not None) or checkpointing:
+            return
+        if number >= config.num_iterations:
+            return
+        if self._sampler is None:
+            self._sampler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmac-rollouts")
+        self._next_rollouts = self._sampler.submit(
+            self._sample_batch, number + 1, self.order.cursor, self.completions
+        )
+
+    def wait_for_sampler(self) -> float:
+        """Block until a background batch is sampled (the engine must be idle to take new weights)."""
+        if self._next_rollouts is None:
+            return 0.0
+        start = time.perf_counter()
+        self._next_rollouts.exception()  # waits; an error is raised when the batch is taken
+        return time.perf_counter() - start
+
+    def _sample_batch(self, number: int, cursor: int, completions: int):
+        """Iteration ``number``'s groups, from prompt ``cursor`` on; touches no trainer state (it may run
+        on the sampler thread while the trainer updates)."""
+        config = self.config
+        order = PromptOrder(self.order.size, self.order.seed, cursor)
         wanted = config.prompts_per_iteration
         sampling = SamplingConfig(n=config.samples_per_prompt, temperature=config.temperature,
                                   top_p=config.top_p, max_new_tokens=config.max_new_tokens)  # fmt: skip
         kept, generated, tokens, elapsed = [], [], 0, 0.0
         rounds = config.max_sampling_rounds if config.dynamic_sampling else 1
         for round_ in range(rounds):
-            indices = self.order.take(wanted)
+            indices = order.take(wanted)
             start = time.perf_counter()
             # Disjoint seeds per (iteration, round): the engine gives sample k of prompt i seed + i*n + k.
             seed = config.seed * 1_000_000_007 + (number * 64 + round_) * wanted * config.samples_per_prompt
@@ -328,7 +378,7 @@ class PPOTrainer:
             elapsed += time.perf_counter() - start
             tokens += sum(len(s.token_ids) for g in groups for s in g)
             generated += groups
-            self.completions += len(groups) * config.samples_per_prompt
+            completions += len(groups) * config.samples_per_prompt
             kept += [g for g in groups if has_signal(g)] if config.dynamic_sampling else groups
             if len(kept) >= wanted:
                 break
@@ -342,9 +392,10 @@ class PPOTrainer:
             "truncated_fraction": float(np.mean([s.finish_reason == "length" for s in every])),
             "filtered_groups": len(generated) - len(kept) if config.dynamic_sampling else 0,
             "gen_tokens_per_s": tokens / max(elapsed, 1e-9),
+            "generate_seconds": elapsed,
             "skipped_long_prompts": self.skipped_long_prompts,
         }
-        return kept, metrics, self.order.cursor, self.completions
+        return kept, metrics, order.cursor, completions
 
     def my_share(self, groups: list[list[Sample]]) -> tuple[list[Sample], torch.Tensor | None]:
         """This process's groups (every ``num_processes``-th) and, critic-free, their advantages."""
@@ -543,6 +594,14 @@ class PPOTrainer:
                 result[key] = float(np.mean([s.reward for g in groups for s in g]))
         self.accelerator.wait_for_everyone()
         return result
+
+    def close(self) -> None:
+        """Let a background batch finish, then stop the rollout engine."""
+        if self._sampler is not None:
+            self._sampler.shutdown(wait=True)
+            self._sampler, self._next_rollouts = None, None
+        if self.engine is not None:
+            self.engine.close()
 
     def save(self) -> None:
         """Save the actor (and value model) for plain ``from_pretrained``; every process must call it."""
