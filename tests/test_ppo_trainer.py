@@ -152,6 +152,21 @@ def test_async_rollouts_are_sampled_one_update_behind(tiny_actor_dir, tmp_path):
     )  # none after the last
 
 
+@pytest.mark.parametrize("estimator", ["step_gae", "grpo"])
+def test_engine_old_logprobs_give_the_trainers_first_update(tiny_actor_dir, tmp_path, estimator):
+    """The engine ran the trainer's weights, so starting the ratio from its log-probs changes nothing
+    but the forward pass it saves."""
+    runs = {}
+    for source in ("trainer", "engine"):
+        _trainer(tiny_actor_dir, tmp_path / source, num_iterations=1, old_logprobs=source,
+                 advantage_estimator=estimator, ppo_epochs=2).train()  # fmt: skip
+        runs[source] = MetricsLog(tmp_path / source / "run").read()[0]
+    assert runs["trainer"]["engine_logprob_gap_max"] < 1e-4  # what makes the two the same
+    for key in ("policy_loss", "clip_fraction", "approx_kl", "entropy", "value_loss"):
+        if key in runs["trainer"]:
+            assert runs["engine"][key] == pytest.approx(runs["trainer"][key], abs=1e-4), key
+
+
 def test_reward_function_errors_are_reported(tiny_actor_dir, tmp_path):
     with pytest.raises(RuntimeError, match=r"reward function 'ppo_rewards:raises' raised .*answer table"):
         _trainer(tiny_actor_dir, tmp_path, reward="ppo_rewards:raises").train()
@@ -191,6 +206,8 @@ def test_bad_settings_are_refused(tiny_actor_dir, tmp_path):
         _trainer(tiny_actor_dir, tmp_path, advantage_estimator="rloo", kl_coef=0.1, kl_in="reward")
     with pytest.raises(ValueError, match="must be a saved actor folder"):
         _trainer(tmp_path / "nowhere", tmp_path)
+    with pytest.raises(ValueError, match="old_logprobs='engine' needs temperature 1.0"):
+        _config(tmp_path, old_logprobs="engine", temperature=0.7)
     assert json.loads(json.dumps(_config(tmp_path).__dict__))["clip_high"] == 0.2
 
 

@@ -104,6 +104,16 @@ class PPOConfig:
     process_reward_coef: float = field(default=1.0, metadata={"help": "Weight of the process reward."})
 
     # -- losses ------------------------------------------------------------------------------------
+    old_logprobs: str = field(
+        default="trainer",
+        metadata={
+            "help": "Log-probs the PPO ratio starts from: 'trainer' recomputes them with a forward pass of the "
+            "actor before the updates; 'engine' takes the rollout engine's (one actor forward pass less per "
+            "iteration; exact when the engine runs the trainer's weights in the same precision, and under "
+            "async_rollouts the ratio then corrects for the stale sampler). Needs temperature 1 (engines "
+            "report log-probs of the unscaled logits)."
+        },
+    )
     clip_low: float = field(default=0.2, metadata={"help": "PPO clip: ratio floor is 1 - clip_low."})
     clip_high: float = field(
         default=0.2, metadata={"help": "PPO clip: ratio ceiling is 1 + clip_high (0.28 is clip-higher)."}
@@ -174,6 +184,10 @@ class PPOConfig:
         check(self.loss_aggregation in ("token", "sequence"),
               f"loss_aggregation must be 'token' or 'sequence', got {self.loss_aggregation!r}")  # fmt: skip
         check(self.kl_in in ("reward", "loss"), f"kl_in must be 'reward' or 'loss', got {self.kl_in!r}")
+        check(self.old_logprobs in ("trainer", "engine"),
+              f"old_logprobs must be 'trainer' or 'engine', got {self.old_logprobs!r}")  # fmt: skip
+        check(self.old_logprobs == "trainer" or self.temperature == 1.0,
+              "old_logprobs='engine' needs temperature 1.0: engines report log-probs of the unscaled logits")  # fmt: skip
         check(
             self.kl_estimator in ("k1", "k2", "k3"),
             f"kl_estimator must be k1, k2 or k3, got {self.kl_estimator!r}",

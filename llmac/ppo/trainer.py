@@ -74,8 +74,10 @@ class PolicyAndValue(torch.nn.Module):
         self.policy = policy
         self.value = value
 
-    def forward(self, input_ids, attention_mask, with_value: bool = True):
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids, attention_mask, with_value: bool = True, with_policy: bool = True):
+        logits = (
+            self.policy(input_ids=input_ids, attention_mask=attention_mask).logits if with_policy else None
+        )
         values = None
         if with_value and self.value is not None:
             values = self.value(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1)
@@ -414,8 +416,14 @@ class PPOTrainer:
         old_logprobs, values, ref_logprobs, process = [], [], [], []
         for chunk in torch.arange(len(batch)).split(config.mini_batch_size):
             part = batch.select(chunk)
-            logits, value = self._forward(self.model, part, with_value=config.uses_value_model)
-            old_logprobs.append(self._logprobs(logits, part))
+            from_engine = config.old_logprobs == "engine"
+            if config.uses_value_model or not from_engine:
+                logits, value = self._forward(
+                    self.model, part, config.uses_value_model, with_policy=not from_engine
+                )
+            else:
+                logits, value = None, None
+            old_logprobs.append(part.engine_logprobs if from_engine else self._logprobs(logits, part))
             if value is not None:
                 values.append(self._values(value))
             if config.kl_coef > 0:
@@ -444,8 +452,9 @@ class PPOTrainer:
             targets.advantages = self._whiten(targets.advantages, batch.completion_mask)
         return {"old_logprobs": old, "ref_logprobs": ref, "kl": kl, "targets": targets}
 
-    def _forward(self, model, batch: TokenBatch, with_value: bool):
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, with_value=with_value)
+    def _forward(self, model, batch: TokenBatch, with_value: bool, with_policy: bool = True):
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, with_value=with_value,
+                     with_policy=with_policy)  # fmt: skip
 
     def _logprobs(self, logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
         """Log-probs ``[B, T]`` of the completion tokens under the sampling temperature."""
@@ -528,7 +537,8 @@ class PPOTrainer:
         metrics = {k: float(np.mean(v)) for k, v in stats.items()}
         # The engine samples at the trainer's weights (synced after every update), so its log-probs of
         # the sampled tokens must match the trainer's; a gap means a broken sync or a precision loss.
-        raw = scores["old_logprobs"] if self.config.temperature == 1.0 else None
+        recomputed = self.config.temperature == 1.0 and self.config.old_logprobs == "trainer"
+        raw = scores["old_logprobs"] if recomputed else None
         if raw is not None:
             gap = (raw - batch.engine_logprobs).abs()
             metrics["engine_logprob_gap"] = masked_mean(gap, batch.completion_mask).item()
