@@ -182,6 +182,7 @@ def test_an_all_filtered_batch_is_a_counted_skip(tiny_actor_dir, tmp_path):
     rows = MetricsLog(tmp_path / "run").read()
     assert [r["skipped_iteration"] for r in rows] == [1, 1]
     assert [r["filtered_groups"] for r in rows] == [16, 16]  # 2 rounds of 8 prompts, all equal rewards
+    assert [r["unused_groups"] for r in rows] == [0, 0]
     assert rows[-1]["completions"] == 2 * 2 * 8 * 4
     after = trainer.policy_weights()
     assert all(torch.equal(before[k], after[k]) for k in before)

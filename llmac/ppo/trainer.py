@@ -387,12 +387,14 @@ class PPOTrainer:
         kept = kept[:wanted]
         kept = kept[: len(kept) - len(kept) % self.accelerator.num_processes]  # an equal share per process
         every = [s for g in generated for s in g]
+        filtered = sum(not has_signal(g) for g in generated) if config.dynamic_sampling else 0
         metrics = {
             "reward": float(np.mean([s.reward for s in every])),
             "accuracy": float(np.mean([s.reward > 0.5 for s in every])),
             "response_length": float(np.mean([len(s.token_ids) for s in every])),
             "truncated_fraction": float(np.mean([s.finish_reason == "length" for s in every])),
-            "filtered_groups": len(generated) - len(kept) if config.dynamic_sampling else 0,
+            "filtered_groups": filtered,  # no reward signal (dynamic sampling)
+            "unused_groups": len(generated) - len(kept) - filtered,  # beyond the batch or an equal share
             "gen_tokens_per_s": tokens / max(elapsed, 1e-9),
             "generate_seconds": elapsed,
             "skipped_long_prompts": self.skipped_long_prompts,
