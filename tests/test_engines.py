@@ -108,7 +108,7 @@ def test_vllm_load_weights_matches_hf_on_the_new_weights(vllm_engine, tiny_actor
     new_hf.load_weights(perturbed)
     vllm_engine.weight_chunk_bytes = 2**16  # many small messages: exercises staging across RPCs
     try:
-        vllm_engine.load_weights(perturbed)
+        vllm_engine.load_weights(iter(perturbed.items()))  # streamed pairs, as PPO's sync sends them
         after = [g[0] for g in vllm_engine.generate(prompts, GREEDY)]
         expected = [g[0] for g in new_hf.generate(prompts, GREEDY)]
         assert [c.token_ids for c in after] == [c.token_ids for c in expected]

@@ -8,6 +8,8 @@ from llmac.models import (
     TinyModelConfig,
     build_tiny_model,
     load_actor,
+    plain_state_dict,
+    plain_weight_units,
     save_tiny_actor,
     train_tiny_tokenizer,
 )
@@ -58,3 +60,29 @@ def test_load_actor_with_lora_trains_only_adapters(tmp_path):
     batch = {"input_ids": torch.tensor([[5, 6, 7, 8]])}
     with torch.no_grad():  # LoRA B starts at zero: the wrapped model computes the same function
         assert torch.allclose(model(**batch).logits, base(**batch).logits, atol=1e-6)
+
+
+def test_plain_state_dict_merges_lora_out_of_place_like_peft_merge(tmp_path):
+    path = save_tiny_actor(TEXTS, tmp_path / "actor")
+    model = load_actor(path, lora=LoraSettings(r=4, alpha=8))
+    torch.manual_seed(0)
+    with torch.no_grad():  # non-zero adapters, so the merge has something to add
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = plain_state_dict(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # out of place
+    unmerged = load_actor(path).state_dict()
+    assert set(plain) == set(unmerged) and any(not torch.allclose(plain[k], unmerged[k]) for k in plain)
+    merged = model.merge_and_unload().state_dict()  # peft's own merge, in place
+    assert set(merged) == set(plain) and all(torch.allclose(plain[k], merged[k], atol=1e-6) for k in merged)
+
+
+def test_weight_units_read_each_module_once_and_cover_the_state_dict(tmp_path):
+    model = load_actor(save_tiny_actor(TEXTS, tmp_path / "actor"))
+    units = list(plain_weight_units(model))
+    names = [name for _, read in units for name in read()]
+    assert len(names) == len(set(names)) and set(names) == set(model.state_dict())
+    assert len(units) > 5  # layer by layer, not the whole model at once
+    assert all(read() for _, read in units)

@@ -8,13 +8,16 @@ weights with ``load_weights``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from llmac.steps import DEFAULT_DELIMITER, step_token_ends
+
+# A state dict, or its (name, tensor) pairs as they are produced (e.g. gathered layer by layer).
+Weights = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
 Tokens = list[int]
 PromptLike = str | Sequence[int]
@@ -96,7 +99,7 @@ class RolloutEngine(Protocol):
         """``sampling.n`` completions of the rest of the response after each prompt + prefix."""
         ...
 
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+    def load_weights(self, state_dict: Weights) -> None:
         """Replace the model's weights with ``state_dict`` (Hugging Face parameter names)."""
         ...
 
@@ -122,7 +125,7 @@ class BaseEngine(ABC):
         """Sample ``sampling.n`` completions per token prompt; stop after the delimiter if asked."""
 
     @abstractmethod
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None: ...
+    def load_weights(self, state_dict: Weights) -> None: ...
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free resources; the default has none to free."""

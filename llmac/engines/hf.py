@@ -8,14 +8,14 @@ sampling parameters are given.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor, StoppingCriteria
 
-from llmac.engines.base import BaseEngine, RawCompletion, SamplingConfig, Tokens
+from llmac.engines.base import BaseEngine, RawCompletion, SamplingConfig, Tokens, Weights
 from llmac.models import load_tokenizer
 from llmac.steps import DEFAULT_DELIMITER
 
@@ -114,7 +114,7 @@ class HFEngine(BaseEngine):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+    def load_weights(self, state_dict: Weights) -> None:
         with torch.no_grad():
             self.model.load_state_dict(dict(state_dict), strict=True)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from llmac.engines.base import BaseEngine, RawCompletion, SamplingConfig, Tokens
+from llmac.engines.base import BaseEngine, RawCompletion, SamplingConfig, Tokens, Weights
 from llmac.models import load_tokenizer
 from llmac.steps import DEFAULT_DELIMITER
 
@@ -136,7 +136,7 @@ class VLLMEngine(BaseEngine):
         return RawCompletion(token_ids=token_ids, logprobs=logprobs, finish_reason=reason)
 
     # -- weights -------------------------------------------------------------------------------
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+    def load_weights(self, state_dict: Weights) -> None:
         llm = self._live_llm()
         import safetensors.torch
 
@@ -195,12 +195,17 @@ def _env_kv_cache_set() -> bool:
     return bool(os.environ.get("VLLM_CPU_KVCACHE_SPACE"))
 
 
-def _chunks(state_dict: Mapping[str, torch.Tensor], max_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
-    """The tensors on CPU, contiguous, tied ones copied apart, in groups of <= ``max_bytes`` (or one tensor)."""
+def _chunks(state_dict: Weights, max_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The tensors on CPU, contiguous, tied ones copied apart, in groups of <= ``max_bytes`` (or one tensor).
+
+    Pairs are read as they come, so weights gathered one layer at a time are sent while the next is
+    gathered.
+    """
     seen_storage: set[int] = set()
     chunk: dict[str, torch.Tensor] = {}
     size = 0
-    for name, tensor in state_dict.items():
+    items = state_dict.items() if isinstance(state_dict, Mapping) else state_dict
+    for name, tensor in items:
         tensor = tensor.detach().to("cpu").contiguous()
         storage = tensor.untyped_storage().data_ptr()
         if storage in seen_storage:  # tied weights: safetensors refuses shared storage

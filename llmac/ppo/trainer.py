@@ -44,6 +44,7 @@ from llmac.distributed import (
     full_state_dict,
     make_accelerator,
     prepare_frozen_model,
+    stream_weights,
 )
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
 from llmac.losses import (
@@ -57,7 +58,7 @@ from llmac.losses import (
     value_loss,
 )
 from llmac.metrics_log import MetricsLog
-from llmac.models import load_actor, load_tokenizer, plain_state_dict
+from llmac.models import load_actor, load_tokenizer, plain_weight_units
 from llmac.ppo.config import PPOConfig
 from llmac.ppo.experience import Sample, TokenBatch, build_token_batch, has_signal, sample_groups
 from llmac.ppo.targets import Targets, sequence_targets, step_gae_targets, token_gae_targets
@@ -580,13 +581,16 @@ class PPOTrainer:
     # -- 4. weight sync, evaluation, saving ----------------------------------------------------------
     def policy_weights(self) -> dict[str, torch.Tensor] | None:
         """The actor's full weights (LoRA merged) on the main process; every process must call it."""
-        policy = self.accelerator.unwrap_model(self.model).policy
-        return full_state_dict(policy, self.accelerator, plain_state_dict)
+        return full_state_dict(self.accelerator.unwrap_model(self.model).policy, self.accelerator)
 
     def sync_weights(self) -> None:
-        weights = self.policy_weights()
+        """Push the actor's weights into the engine, gathered (ZeRO-3) and sent one layer at a time."""
+        policy = self.accelerator.unwrap_model(self.model).policy
+        weights = stream_weights(plain_weight_units(policy), self.accelerator)
         if self.engine is not None:
             self.engine.load_weights(weights)
+        for _ in weights:  # the other processes take part in every gather
+            pass
         self.accelerator.wait_for_everyone()
 
     def evaluate(self) -> dict:
