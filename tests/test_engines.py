@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
+import time
 from dataclasses import replace
 
+import psutil
 import pytest
 import torch
 
@@ -304,3 +308,41 @@ def test_weight_sync_drops_only_the_rotary_reload_notice():
 
     assert not _keep_record(record("RotaryEmbedding"))
     assert _keep_record(record("QKVParallelLinear"))  # a real failure still reaches the log
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+OWNER_SCRIPT = """
+import sys, time
+import psutil
+from llmac.engines.vllm import VLLMEngine
+
+if __name__ == "__main__":
+    engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=256)
+    print("children:", *(c.pid for c in psutil.Process().children(recursive=True)), flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.vllm
+def test_vllm_processes_end_when_their_owner_is_killed(tiny_actor_dir, tmp_path):
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER_SCRIPT)
+    owner = subprocess.Popen([sys.executable, str(script), str(tiny_actor_dir)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        line = next(line for line in owner.stdout if line.startswith("children:"))  # vLLM logs to stdout too
+        children = [int(pid) for pid in line.split()[1:]]
+    finally:
+        owner.kill()  # SIGKILL: vLLM's own shutdown never runs
+        owner.wait()
+    assert len(children) >= 2, children  # vLLM's engine process(es) and the watchdog
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in children if _running(pid)]

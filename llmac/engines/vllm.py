@@ -30,9 +30,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import suppress
 from pathlib import Path
 
+import psutil
 import torch
 
 from llmac.engines.base import BaseEngine, RawCompletion, SamplingConfig, Tokens, Weights
+from llmac.engines.reaper import start_reaper
 from llmac.models import load_tokenizer
 from llmac.steps import DEFAULT_DELIMITER
 
@@ -94,7 +96,12 @@ class VLLMEngine(BaseEngine):
         if current_platform.is_cpu():
             kwargs.update(_cpu_whole_prefills(model_path, max_model_len))
         kwargs.update(llm_kwargs)
+        owner = psutil.Process()
+        before = {child.pid for child in owner.children(recursive=True)}
         self.llm = vllm.LLM(str(model_path), **kwargs)
+        # vLLM's engine processes outlive an owner killed with SIGKILL: a watchdog ends them then.
+        spawned = [child.pid for child in owner.children(recursive=True) if child.pid not in before]
+        self._reaper = start_reaper(owner.pid, spawned) if spawned else None
 
     # -- sampling ------------------------------------------------------------------------------
     def _sample(
@@ -161,6 +168,10 @@ class VLLMEngine(BaseEngine):
             engine_core.shutdown()
         del llm
         gc.collect()
+        reaper = self.__dict__.pop("_reaper", None)
+        if reaper is not None:  # vLLM's processes are gone: nothing left to guard
+            reaper.kill()
+            reaper.wait()
 
     def _live_llm(self):
         llm = self.__dict__.get("llm")
