@@ -253,34 +253,31 @@ class PPOTrainer:
                    disable=not (config.progress and self.accelerator.is_main_process))  # fmt: skip
         try:
             for iteration in bar:
-                start = time.perf_counter()
-                metrics = self.iteration(iteration + 1)
-                metrics["iteration_seconds"] = time.perf_counter() - start
-                if config.eval_every and (
-                    (iteration + 1) % config.eval_every == 0 or iteration + 1 == config.num_iterations
-                ):
-                    start = time.perf_counter()
-                    metrics.update(self.evaluate())
-                    metrics["eval_seconds"] = time.perf_counter() - start
-                self.log.write(metrics)
-                self.accelerator.log(metrics, step=iteration + 1)
-                bar.set_postfix(
-                    {
-                        k: f"{metrics[k]:.3f}"
-                        for k in ("reward", "eval_accuracy")
-                        if metrics.get(k) is not None
-                    }
-                )
-                if config.checkpoint_every and (iteration + 1) % config.checkpoint_every == 0:
-                    state = {"prompt_cursor": self.order.cursor, "completions": self.completions}
-                    save_checkpoint(
-                        self.accelerator, config.output_dir, iteration + 1, state, config.keep_checkpoints
-                    )
+                metrics = self.step(iteration + 1)
+                shown = {k: f"{metrics[k]:.3f}" for k in ("reward", "eval_accuracy") if k in metrics}
+                bar.set_postfix(shown)
             self.save()
             self.accelerator.end_training()
         finally:
             self.close()
         return Path(config.output_dir)
+
+    def step(self, number: int) -> dict:
+        """Iteration ``number``, then its evaluation, metrics and checkpoint (as scheduled)."""
+        config = self.config
+        start = time.perf_counter()
+        metrics = self.iteration(number)
+        metrics["iteration_seconds"] = time.perf_counter() - start
+        if config.eval_every and (number % config.eval_every == 0 or number == config.num_iterations):
+            start = time.perf_counter()
+            metrics.update(self.evaluate())
+            metrics["eval_seconds"] = time.perf_counter() - start
+        self.log.write(metrics)
+        self.accelerator.log(metrics, step=number)
+        if config.checkpoint_every and number % config.checkpoint_every == 0:
+            state = {"prompt_cursor": self.order.cursor, "completions": self.completions}
+            save_checkpoint(self.accelerator, config.output_dir, number, state, config.keep_checkpoints)
+        return metrics
 
     def iteration(self, number: int) -> dict:
         """One PPO iteration: rollouts, scoring, updates, weight sync. Returns its metrics."""
