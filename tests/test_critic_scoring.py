@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForTokenClassification
@@ -187,3 +189,25 @@ def test_saved_critic_reloads_with_plain_from_pretrained(critic, tokenizer, rows
 def test_load_critic_rejects_an_actor(tiny_actor_dir):
     with pytest.raises(ValueError, match=r"not a step critic.*num_labels=2"):
         load_critic(tiny_actor_dir)
+
+
+def test_label_metrics_the_labels_cannot_define_are_nan_not_a_crash(critic, tokenizer, rows, caplog):
+    from datasets import Dataset
+
+    from llmac.critic.evaluation import evaluate_on_labels
+
+    steps = [clean_steps(s, "\n") for s in rows["solution"][:6]]
+    mixed = {"prompt": rows["question"][:6], "completions": steps,
+             "labels": [[1.0] * len(s) if i % 2 else [1.0] + [0.0] * (len(s) - 1) for i, s in enumerate(steps)],
+             "hard_labels": [[1] * len(s) if i % 2 else [1] + [0] * (len(s) - 1) for i, s in enumerate(steps)]}  # fmt: skip
+    defined = evaluate_on_labels(critic, tokenizer, Dataset.from_dict(mixed), "\n")
+    assert 0 <= defined.step_auc <= 1 and 0 <= defined.first_error_f1 <= 1
+    all_wrong = {
+        **mixed,
+        "labels": [[0.0] * len(s) for s in steps],
+        "hard_labels": [[0] * len(s) for s in steps],
+    }
+    undefined = evaluate_on_labels(critic, tokenizer, Dataset.from_dict(all_wrong), "\n")  # a weak actor's
+    assert math.isnan(undefined.step_auc) and math.isnan(undefined.first_error_f1)
+    assert undefined.num_solutions == 6
+    assert "step AUC is undefined" in caplog.text and "first-error F1 is undefined" in caplog.text

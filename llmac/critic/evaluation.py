@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +26,8 @@ from llmac.critic.metrics import (
 from llmac.critic.scoring import score_steps
 from llmac.evaluation import majority_at_k, pass_at_k
 from llmac.rollouts import group_rows
+
+logger = logging.getLogger(__name__)
 
 
 def _require(dataset: Dataset, columns: Sequence[str], what: str) -> None:
@@ -68,23 +72,40 @@ def evaluate_on_labels(
 
     A solution's true first error is its first step from which no MC completion succeeded (hard label
     0); the critic's is its first step valued below ``threshold``.
+    A metric the labels cannot define (AUC with one class of steps, F1 without both erroneous and
+    error-free solutions, as from a weak actor) is NaN, with a warning, rather than ending the job.
     """
     _require(labelled, ["prompt", "completions", "labels", "hard_labels"], "labelled dataset")
     values = score_steps(
         model, tokenizer, list(labelled["prompt"]), list(labelled["completions"]), delimiter, batch_size
     )
-    f1 = process_bench_f1(
-        [first_error_index(v, threshold) for v in values],
-        [first_error_from_labels(h) for h in labelled["hard_labels"]],
+    positives = [label >= threshold for labels in labelled["labels"] for label in labels]
+    auc = (
+        step_auc(values, list(labelled["labels"]), threshold)
+        if 0 < sum(positives) < len(positives)
+        else _undefined("step AUC", f"{sum(positives)} of {len(positives)} steps are labelled >= {threshold}")
     )
+    true_first = [first_error_from_labels(h) for h in labelled["hard_labels"]]
+    erroneous = sum(index != -1 for index in true_first)
+    f1 = (
+        process_bench_f1([first_error_index(v, threshold) for v in values], true_first)
+        if 0 < erroneous < len(true_first)
+        else dict.fromkeys(("f1", "acc_erroneous", "acc_correct"), _undefined(
+            "first-error F1", f"{erroneous} of {len(true_first)} solutions have an error"))
+    )  # fmt: skip
     return LabelMetrics(
         num_solutions=len(values),
         num_steps=sum(len(v) for v in values),
-        step_auc=step_auc(values, list(labelled["labels"]), threshold),
+        step_auc=auc,
         first_error_f1=f1["f1"],
         first_error_acc_erroneous=f1["acc_erroneous"],
         first_error_acc_correct=f1["acc_correct"],
     )
+
+
+def _undefined(metric: str, why: str) -> float:
+    logger.warning("%s is undefined on these labels (%s): reported as NaN", metric, why)
+    return math.nan
 
 
 def solutions_of(data: Dataset) -> tuple[list[str], list]:
