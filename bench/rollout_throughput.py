@@ -114,7 +114,8 @@ def main() -> None:
     best = {name: max(t / s for t, s in runs) for name, runs in calls.items()}
     print(
         f"workload: {args.prompts} prompts x n={args.n} x <= {args.max_new_tokens} new tokens, "
-        f"temperature {args.temperature}; HF batch {hf_engine.batch_size}, torch threads {torch.get_num_threads()}"
+        f"temperature {args.temperature}; HF batch {hf_engine.batch_size}, torch threads {torch.get_num_threads()}; "
+        f"vLLM allocator {'tcmalloc' if vllm_engine.tcmalloc else 'default (no tcmalloc on this system)'}"
     )
     for name in ("vllm", "hf"):
         print(f"{name}: {overall[name]:,.0f} tokens/s over {repeats} calls (best call {best[name]:,.0f})")

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("llmac.generate", "eval_main", "pass@1, pass@k and maj@k of an actor on a task"),
     "critic": ("llmac.critic.cli", "main", "step critic: label | train | eval | score | inspect"),
     "ppo": ("llmac.ppo.trainer", "main", "PPO with a step-level critic (vLLM rollouts, DeepSpeed)"),
+    "export": ("llmac.hub", "main", "make a model or dataset Hub-ready (safetensors, card), optionally push"),
     "plot": ("llmac.plot", "main", "PNG training curves of a run folder (metrics.jsonl)"),
     "demo": ("llmac.demo", "main", "the CPU demo: SFT -> MC labels -> step critic -> evaluation"),
 }

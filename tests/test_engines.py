@@ -346,3 +346,24 @@ def test_vllm_processes_end_when_their_owner_is_killed(tiny_actor_dir, tmp_path)
     while any(_running(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in children if _running(pid)]
+
+
+def test_vllm_processes_run_on_tcmalloc_and_leave_the_callers_environment_alone(vllm_engine):
+    import os
+
+    from llmac.engines.vllm import _tcmalloc_preload
+
+    if not vllm_engine.tcmalloc:
+        pytest.skip(
+            "no tcmalloc on this system (Debian's libtcmalloc-minimal4; scripts/setup.sh installs it)"
+        )
+    assert "libtcmalloc" not in os.environ.get("LD_PRELOAD", "")
+    assert _tcmalloc_preload() is not None  # the caller's LD_PRELOAD still lacks it
+
+    def maps(pid: int) -> str:
+        with open(f"/proc/{pid}/maps") as f:
+            return f.read()
+
+    vllm_processes = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM")]
+    assert vllm_processes and all("libtcmalloc" in maps(p.pid) for p in vllm_processes)
+    assert "libtcmalloc" not in maps(os.getpid())

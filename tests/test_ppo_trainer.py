@@ -65,10 +65,19 @@ def test_ppo_learns_a_reward_and_its_engine_runs_the_trainers_weights(tiny_actor
     assert (tmp_path / "run" / "critic" / "config.json").is_file()
 
 
-def test_lora_run_syncs_merged_weights_and_saves_a_plain_model(tiny_actor_dir, tmp_path):
+def test_lora_run_syncs_merged_weights_and_saves_and_pushes_a_plain_model(
+    tiny_actor_dir, tmp_path, monkeypatch
+):
+    import huggingface_hub
+    from recording_hub import RecordingHfApi
+
+    RecordingHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
     trainer = _trainer(tiny_actor_dir, tmp_path, lora=True, advantage_estimator="grpo", kl_coef=0.05, kl_in="loss", reward="ppo_rewards:short",
-                       kl_estimator="k3", learning_rate=1e-3)  # fmt: skip
+                       kl_estimator="k3", learning_rate=1e-3, hub_model_id="me/tiny-ppo")  # fmt: skip
     trainer.train()
+    pushed = RecordingHfApi.calls[-1][1]
+    assert pushed["repo_id"] == "me/tiny-ppo" and {"README.md", "model.safetensors"} <= set(pushed["files"])
     rows = MetricsLog(tmp_path / "run").read()
     assert rows[1]["engine_logprob_gap_max"] < 1e-3 and rows[1]["kl"] > 0  # the update moved the policy
     saved = load_file(tmp_path / "run" / "actor" / "model.safetensors")

@@ -347,6 +347,9 @@ def load_records(path: str | Path) -> Dataset:
             raise DataError(f"{path}: holds several splits ({', '.join(loaded)}); give the split's folder")
         return loaded
     if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
+        with open(path, "rb") as stream:
+            if not any(line.strip() for line in stream):  # stops at the first row
+                raise DataError(f"{path}: empty file, no rows")
         return Dataset.from_json(str(path))
     if path.is_file() and path.suffix.lower() == ".parquet":
         return Dataset.from_parquet(str(path))

@@ -24,10 +24,11 @@ exit, so a script that forgets ``close`` still ends.
 
 from __future__ import annotations
 
+import ctypes.util
 import gc
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
@@ -47,8 +48,10 @@ class VLLMEngine(BaseEngine):
 
     ``kv_cache_gib`` sizes the KV cache explicitly (on CPU it defaults to 1 GiB unless
     ``VLLM_CPU_KVCACHE_SPACE`` is set; vLLM's own CPU default claims most of the RAM).
-    ``weight_chunk_mib`` bounds the size of one weight-sync message. Other keyword arguments go to
-    ``vllm.LLM`` as they are (e.g. ``tensor_parallel_size``).
+    ``weight_chunk_mib`` bounds the size of one weight-sync message. ``preload_tcmalloc`` starts
+    vLLM's CPU processes with tcmalloc (vLLM's recommended CPU allocator; Debian's
+    ``libtcmalloc-minimal4``) when the system has it: 10-20% more tokens/s on small models. Other
+    keyword arguments go to ``vllm.LLM`` as they are (e.g. ``tensor_parallel_size``).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class VLLMEngine(BaseEngine):
         enable_prefix_caching: bool = True,
         enforce_eager: bool = True,
         weight_chunk_mib: int = 512,
+        preload_tcmalloc: bool = True,
         **llm_kwargs,
     ) -> None:
         import vllm
@@ -98,7 +102,10 @@ class VLLMEngine(BaseEngine):
         kwargs.update(llm_kwargs)
         owner = psutil.Process()
         before = {child.pid for child in owner.children(recursive=True)}
-        self.llm = vllm.LLM(str(model_path), **kwargs)
+        preload = _tcmalloc_preload() if preload_tcmalloc and current_platform.is_cpu() else None
+        self.tcmalloc = preload is not None or "libtcmalloc" in os.environ.get("LD_PRELOAD", "")
+        with _environment("LD_PRELOAD", preload):
+            self.llm = vllm.LLM(str(model_path), **kwargs)
         # vLLM's engine processes outlive an owner killed with SIGKILL: a watchdog ends them then.
         spawned = [child.pid for child in owner.children(recursive=True) if child.pid not in before]
         self._reaper = start_reaper(owner.pid, spawned) if spawned else None
@@ -200,6 +207,36 @@ def _cpu_whole_prefills(model_path: str | Path, max_model_len: int | None) -> di
 
         max_model_len = AutoConfig.from_pretrained(str(model_path)).max_position_embeddings
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)}
+
+
+def _tcmalloc_preload() -> str | None:
+    """``LD_PRELOAD`` with the system's tcmalloc in front, or None if it has none or it is there already."""
+    current = os.environ.get("LD_PRELOAD", "")
+    library = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+    if library is None or "libtcmalloc" in current:
+        return None
+    return f"{library}:{current}" if current else library
+
+
+@contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """``os.environ[name] = value`` inside the block (nothing if ``value`` is None), restored after.
+
+    Processes started inside inherit it; the caller's own process is not affected (the dynamic
+    loader reads ``LD_PRELOAD`` only when a process starts).
+    """
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _env_kv_cache_set() -> bool:

@@ -40,6 +40,14 @@ class PPOConfig:
         metadata={"help": "Trackers for the metrics, comma-separated: tensorboard, wandb, trackio or none."},
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar over iterations."})
+    hub_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Push the final actor to this Hub repository (user/name), with a model card of the run's "
+            "held-out metrics (see `llmac export`); none: keep it local."
+        },
+    )
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
 
     # -- rollouts ----------------------------------------------------------------------------------
     prompts_per_iteration: int = field(

@@ -47,6 +47,7 @@ from llmac.distributed import (
     stream_weights,
 )
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
+from llmac.hub import push_model
 from llmac.losses import (
     aggregate,
     entropy_from_logits,
@@ -257,6 +258,10 @@ class PPOTrainer:
                 shown = {k: f"{metrics[k]:.3f}" for k in ("reward", "eval_accuracy") if k in metrics}
                 bar.set_postfix(shown)
             self.save()
+            if config.hub_model_id and self.accelerator.is_main_process:
+                push_model(
+                    Path(config.output_dir) / "actor", config.hub_model_id, private=config.hub_private_repo
+                )
             self.accelerator.end_training()
         finally:
             self.close()
