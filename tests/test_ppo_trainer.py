@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmac.config import ModelConfig
 from llmac.data.tasks import TaskConfig
 from llmac.engines import EngineConfig
+from llmac.losses import entropy_from_logits
 from llmac.metrics_log import MetricsLog
 from llmac.ppo.config import PPOConfig
 from llmac.ppo.trainer import PPOTrainer, PromptOrder
@@ -85,6 +86,30 @@ def test_lora_run_syncs_merged_weights_and_saves_and_pushes_a_plain_model(
     base = load_file(tiny_actor_dir / "model.safetensors")
     assert set(saved) == set(base)
     assert any(not torch.equal(saved[k], base[k]) for k in base), "the LoRA update was not merged"
+
+
+def test_forward_passes_by_length_group_give_the_padded_batchs_outputs(tiny_actor_dir, tmp_path):
+    from llmac.ppo.experience import build_token_batch
+
+    trainer = _trainer(tiny_actor_dir, tmp_path, advantage_estimator="step_gae", micro_batch_size=3)
+    groups, _ = trainer.rollouts(1)
+    samples, _ = trainer.my_share(groups)
+    batch = build_token_batch(samples, [s.reward for s in samples], trainer.tokenizer.pad_token_id)
+    lengths = batch.attention_mask.sum(1)
+    assert lengths.min() < lengths.max() and len(batch) % 3  # padding to cut, a short last group
+    with torch.no_grad():
+        grouped = trainer._outputs(trainer.model, batch, with_value=True, entropy_grad=False)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        policy_logits = model.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        value_logits = model.value(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    trainer.close()
+    tokens, positions = batch.completion_mask, batch.attention_mask.bool()
+    torch.testing.assert_close(grouped.logprobs[tokens], trainer._logprobs(policy_logits, batch)[tokens])
+    entropy = entropy_from_logits(trainer._completion_logits(policy_logits, batch))
+    torch.testing.assert_close(grouped.entropy[tokens], entropy[tokens])
+    torch.testing.assert_close(
+        grouped.values[positions], trainer._values(value_logits.squeeze(-1))[positions]
+    )
 
 
 def _command(actor: Path, out: Path, async_rollouts: bool = False) -> list[str]:

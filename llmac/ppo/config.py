@@ -154,6 +154,14 @@ class PPOConfig:
     mini_batch_size: int = field(
         default=32, metadata={"help": "Completions per optimizer step on each process."}
     )
+    micro_batch_size: int = field(
+        default=32,
+        metadata={
+            "help": "Completions per forward pass. Passes take completions of similar length, each padded "
+            "only to its own longest, so less compute goes to padding; a minibatch still makes one "
+            "optimizer step. Lower it to save activation memory."
+        },
+    )
     learning_rate: float = field(default=1e-5, metadata={"help": "Actor learning rate (AdamW)."})
     value_learning_rate: float = field(default=1e-4, metadata={"help": "Value model learning rate."})
     warmup_steps: int = field(
@@ -205,8 +213,9 @@ class PPOConfig:
         check(self.samples_per_prompt >= 1, "samples_per_prompt must be >= 1")
         check(self.samples_per_prompt >= 2 or self.advantage_estimator in VALUE_ESTIMATORS,
               f"{self.advantage_estimator} needs samples_per_prompt >= 2 (it compares a group's samples)")  # fmt: skip
-        check(self.prompts_per_iteration >= 1 and self.mini_batch_size >= 1 and self.ppo_epochs >= 1,
-              "prompts_per_iteration, mini_batch_size and ppo_epochs must be >= 1")  # fmt: skip
+        check(self.prompts_per_iteration >= 1 and self.mini_batch_size >= 1 and self.ppo_epochs >= 1
+              and self.micro_batch_size >= 1,
+              "prompts_per_iteration, mini_batch_size, micro_batch_size and ppo_epochs must be >= 1")  # fmt: skip
         check(0 <= self.clip_low < 1 and self.clip_high >= 0, "clip_low must be in [0, 1), clip_high >= 0")
         check(
             0 <= self.overlong_buffer <= self.max_new_tokens, "overlong_buffer must be in [0, max_new_tokens]"

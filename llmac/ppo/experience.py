@@ -8,8 +8,8 @@ has seen everything before it, which is where the value of the state before that
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -126,6 +126,34 @@ class TokenBatch:
 
     def select(self, index: torch.Tensor) -> TokenBatch:
         return TokenBatch(**{name: value[index] for name, value in vars(self).items()})
+
+
+def length_groups(batch: TokenBatch, size: int) -> Iterator[tuple[torch.Tensor, TokenBatch]]:
+    """``batch``'s rows sorted by length, in groups of at most ``size``, each cut to its longest row.
+
+    Yields ``(rows, group)``: the rows' indices in ``batch`` and their sub-batch. Positions stay valid
+    (rows are right-padded, so cutting only drops padding), and per-token tensors keep ``batch``'s width.
+    """
+    lengths = batch.attention_mask.sum(1)
+    for rows in torch.argsort(lengths, stable=True).split(size):
+        group = batch.select(rows)
+        longest = int(lengths[rows].max())
+        yield (
+            rows,
+            replace(
+                group,
+                input_ids=group.input_ids[:, :longest],
+                attention_mask=group.attention_mask[:, :longest],
+            ),
+        )
+
+
+def in_row_order(rows: Sequence[torch.Tensor], parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-group results (``parts[i]`` for the rows ``rows[i]``) concatenated back in the batch's order."""
+    order = torch.cat(list(rows))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    return torch.cat(list(parts))[inverse]
 
 
 def build_token_batch(samples: Sequence[Sample], rewards: Sequence[float], pad_id: int) -> TokenBatch:

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,15 @@ from llmac.losses import (
 from llmac.metrics_log import MetricsLog
 from llmac.models import load_actor, load_tokenizer, plain_weight_units
 from llmac.ppo.config import PPOConfig
-from llmac.ppo.experience import Sample, TokenBatch, build_token_batch, has_signal, sample_groups
+from llmac.ppo.experience import (
+    Sample,
+    TokenBatch,
+    build_token_batch,
+    has_signal,
+    in_row_order,
+    length_groups,
+    sample_groups,
+)
 from llmac.ppo.targets import Targets, sequence_targets, step_gae_targets, token_gae_targets
 from llmac.rewards.registry import get_reward_fn
 
@@ -84,6 +92,15 @@ class PolicyAndValue(torch.nn.Module):
         if with_value and self.value is not None:
             values = self.value(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1)
         return logits, values
+
+
+@dataclass
+class TokenOutputs:
+    """What scoring and the updates read from the models, in the batch's row order."""
+
+    logprobs: torch.Tensor | None  # [B, T] completion tokens' log-probs at the sampling temperature
+    entropy: torch.Tensor | None  # [B, T] the policy's entropy at each completion token
+    values: torch.Tensor | None  # [B, L] the value model's output (activation applied) at every position
 
 
 class PromptOrder:
@@ -418,38 +435,24 @@ class PPOTrainer:
     def score(self, batch: TokenBatch, sequence_advantages: torch.Tensor | None) -> dict:
         """Old log-probs, reference KL, values and targets of this process's batch."""
         config = self.config
-        old_logprobs, values, ref_logprobs, process = [], [], [], []
-        for chunk in torch.arange(len(batch)).split(config.mini_batch_size):
-            part = batch.select(chunk)
-            from_engine = config.old_logprobs == "engine"
-            if config.uses_value_model or not from_engine:
-                logits, value = self._forward(
-                    self.model, part, config.uses_value_model, with_policy=not from_engine
-                )
-            else:
-                logits, value = None, None
-            old_logprobs.append(part.engine_logprobs if from_engine else self._logprobs(logits, part))
-            if value is not None:
-                values.append(self._values(value))
-            if config.kl_coef > 0:
-                ref_logprobs.append(self._reference_logprobs(part))
-            if self.process_reward_model is not None:
-                prm = self.process_reward_model(input_ids=part.input_ids, attention_mask=part.attention_mask)
-                process.append(
-                    torch.sigmoid(prm.logits.squeeze(-1).float()).gather(1, part.step_end_positions)
-                )
-        old = torch.cat(old_logprobs)
-        ref = torch.cat(ref_logprobs) if ref_logprobs else None
+        from_engine = config.old_logprobs == "engine"
+        outputs = TokenOutputs(None, None, None)
+        if config.uses_value_model or not from_engine:
+            outputs = self._outputs(self.model, batch, config.uses_value_model, with_policy=not from_engine)
+        old = batch.engine_logprobs if from_engine else outputs.logprobs
+        ref = self._reference_logprobs(batch) if config.kl_coef > 0 else None
         kl = kl_penalty(old, ref, config.kl_estimator) if ref is not None else None
         penalty = config.kl_coef * kl if kl is not None and config.kl_in == "reward" else None
-        process_rewards = config.process_reward_coef * torch.cat(process) if process else None
+        process_rewards = None
+        if self.process_reward_model is not None:
+            process_rewards = config.process_reward_coef * self._process_rewards(batch)
         if config.advantage_estimator == "step_gae":
             targets = step_gae_targets(
-                batch, torch.cat(values), config.gamma, config.lam, penalty, process_rewards
+                batch, outputs.values, config.gamma, config.lam, penalty, process_rewards
             )
         elif config.advantage_estimator == "token_gae":
             targets = token_gae_targets(
-                batch, torch.cat(values), config.gamma, config.lam, penalty, process_rewards
+                batch, outputs.values, config.gamma, config.lam, penalty, process_rewards
             )
         else:
             targets = sequence_targets(batch, sequence_advantages)
@@ -457,9 +460,36 @@ class PPOTrainer:
             targets.advantages = self._whiten(targets.advantages, batch.completion_mask)
         return {"old_logprobs": old, "ref_logprobs": ref, "kl": kl, "targets": targets}
 
-    def _forward(self, model, batch: TokenBatch, with_value: bool, with_policy: bool = True):
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, with_value=with_value,
-                     with_policy=with_policy)  # fmt: skip
+    def _outputs(
+        self,
+        model,
+        batch: TokenBatch,
+        with_value: bool,
+        with_policy: bool = True,
+        entropy_grad: bool | None = None,
+    ) -> TokenOutputs:
+        """Log-probs, entropy (if ``entropy_grad`` is not None; with a gradient if True) and values.
+
+        One forward pass per :func:`length_groups` group of ``micro_batch_size`` rows: a batch padded
+        to its longest row spends much of its compute on padding when response lengths vary. The
+        results come back in the batch's row order, so the losses see the batch as one.
+        """
+        rows, logprobs, entropy, values = [], [], [], []
+        width = batch.input_ids.shape[1]
+        for group_rows, group in length_groups(batch, self.config.micro_batch_size):
+            logits, value = model(input_ids=group.input_ids, attention_mask=group.attention_mask,
+                                  with_value=with_value, with_policy=with_policy)  # fmt: skip
+            rows.append(group_rows)
+            if logits is not None:
+                logprobs.append(self._logprobs(logits, group))
+                if entropy_grad is not None:
+                    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                        entropy.append(entropy_from_logits(self._completion_logits(logits, group)))
+            if value is not None:
+                values.append(torch.nn.functional.pad(self._values(value), (0, width - value.shape[1])))
+        return TokenOutputs(
+            *(in_row_order(rows, parts) if parts else None for parts in (logprobs, entropy, values))
+        )
 
     def _logprobs(self, logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
         """Log-probs ``[B, T]`` of the completion tokens under the sampling temperature."""
@@ -471,13 +501,27 @@ class PPOTrainer:
         return torch.sigmoid(value_logits) if self.config.value_activation == "sigmoid" else value_logits
 
     def _reference_logprobs(self, batch: TokenBatch) -> torch.Tensor:
-        if self.reference is not None:
-            logits = self.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            return self._logprobs(logits, batch)
-        policy = self.accelerator.unwrap_model(self.model).policy
-        with policy.disable_adapter():  # LoRA: the reference is the base model
-            logits, _ = self._forward(self.model, batch, with_value=False)
-        return self._logprobs(logits, batch)
+        if self.reference is None:  # LoRA: the reference is the base model
+            policy = self.accelerator.unwrap_model(self.model).policy
+            with policy.disable_adapter():
+                return self._outputs(self.model, batch, with_value=False).logprobs
+        rows, logprobs = [], []
+        for group_rows, group in length_groups(batch, self.config.micro_batch_size):
+            logits = self.reference(input_ids=group.input_ids, attention_mask=group.attention_mask).logits
+            rows.append(group_rows)
+            logprobs.append(self._logprobs(logits, group))
+        return in_row_order(rows, logprobs)
+
+    def _process_rewards(self, batch: TokenBatch) -> torch.Tensor:
+        """The process reward model's step scores ``[B, S]``, read at each step's last token."""
+        rows, scores = [], []
+        for group_rows, group in length_groups(batch, self.config.micro_batch_size):
+            logits = self.process_reward_model(
+                input_ids=group.input_ids, attention_mask=group.attention_mask
+            ).logits
+            rows.append(group_rows)
+            scores.append(torch.sigmoid(logits.squeeze(-1).float()).gather(1, group.step_end_positions))
+        return in_row_order(rows, scores)
 
     def _whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Zero mean, unit variance over every process's completion tokens."""
@@ -502,8 +546,10 @@ class PPOTrainer:
             for chunk in torch.randperm(len(batch), generator=generator).split(config.mini_batch_size):
                 part = batch.select(chunk)
                 mask = part.completion_mask
-                logits, values = self._forward(self.model, part, with_value=config.uses_value_model)
-                logprobs = self._logprobs(logits, part)
+                outputs = self._outputs(
+                    self.model, part, config.uses_value_model, entropy_grad=config.entropy_coef > 0
+                )
+                logprobs = outputs.logprobs
                 # Under value warm-up the policy term is weighted 0 (not skipped), so every process
                 # runs the same graph and DeepSpeed sees a gradient for every parameter.
                 loss_pg, pg = policy_loss(logprobs, scores["old_logprobs"][chunk], targets.advantages[chunk], mask,
@@ -511,21 +557,20 @@ class PPOTrainer:
                 loss = (0.0 if warmup else 1.0) * loss_pg
                 step = {"policy_loss": loss_pg.item(), **{k: v.item() for k, v in pg.items()}}
                 # Entropy is logged always; it carries a gradient only when it is in the loss.
-                with torch.set_grad_enabled(config.entropy_coef > 0):
-                    entropy = masked_mean(entropy_from_logits(self._completion_logits(logits, part)), mask)
+                entropy = masked_mean(outputs.entropy, mask)
                 if config.entropy_coef:
                     loss = loss - config.entropy_coef * entropy
                 step["entropy"] = entropy.item()
                 if config.kl_coef > 0 and config.kl_in == "loss":
                     kl = kl_penalty(logprobs, scores["ref_logprobs"][chunk], config.kl_estimator)
                     loss = loss + config.kl_coef * aggregate(kl, mask, config.loss_aggregation)
-                if values is not None:
+                if outputs.values is not None:
                     positions = (
                         part.step_positions
                         if config.advantage_estimator == "step_gae"
                         else part.completion_positions
                     )
-                    new_values = self._values(values).gather(1, positions)
+                    new_values = outputs.values.gather(1, positions)
                     clip = config.value_clip or None
                     loss_v, vs = value_loss(new_values, targets.old_values[chunk], targets.returns[chunk],
                                             targets.value_mask[chunk], clip, config.loss_aggregation)  # fmt: skip
