@@ -167,15 +167,7 @@ def model_card(
         if is_critic
         else "a reasoning actor whose answers are written one step per line"
     )
-    lines = [
-        "---",
-        data.to_yaml(),
-        "---",
-        "",
-        f"# {name}",
-        "",
-        f"{architecture} trained with llmac: {role}.",
-    ]
+    lines = _card_head(data, name, f"{architecture} trained with llmac: {role}.")
     if run:
         first, last = run["iterations"]
         lines += ["", "## Held-out metrics of the training run", ""]
@@ -198,6 +190,11 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _card_head(data, name: str, summary: str) -> list[str]:
+    """A card's first lines: the Hub metadata (``ModelCardData``/``DatasetCardData``), title, summary."""
+    return ["---", data.to_yaml(), "---", "", f"# {name}", "", summary]
 
 
 def _run_summary(run_dir: Path) -> dict:
@@ -269,13 +266,7 @@ def dataset_card(dataset, name: str, description: str = "") -> str:
     )
     columns = [f"| `{name}` | `{feature}` |" for name, feature in dataset.features.items()]
     lines = [
-        "---",
-        data.to_yaml(),
-        "---",
-        "",
-        f"# {name}",
-        "",
-        description or f"Written by llmac: {len(dataset):,} rows.",
+        *_card_head(data, name, description or f"Written by llmac: {len(dataset):,} rows."),
         "",
         "| column | type |",
         "|---|---|",
