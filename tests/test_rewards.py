@@ -157,6 +157,18 @@ def test_extract_final_answer_spans():
     assert extract_final_answer("A: 3\n\\boxed{12").text == "3"  # an unclosed box does not hide an answer
 
 
+def test_repeated_answer_spans_are_judged_once_per_gold():
+    from llmac.rewards.answers import _judge_span, judge
+
+    _judge_span.cache_clear()
+    first = [judge(f"{a} + 1 = {a + 1}\nAnswer: {a + 1}", "8") for a in (7, 7, 3)]
+    again = [judge("other steps\nAnswer: 8", "8"), judge("more steps\nAnswer: 4", "8.0")]
+    assert [o for o, _ in first] == [Outcome.CORRECT, Outcome.CORRECT, Outcome.WRONG]
+    assert [o for o, _ in again] == [Outcome.CORRECT, Outcome.WRONG]
+    # "Answer: 8" against gold 8 was judged once; "8.0" is a new gold, so "4" is judged again.
+    assert _judge_span.cache_info().hits == 2 and _judge_span.cache_info().misses == 3
+
+
 def test_failures_score_zero_and_are_counted(fast_verifier):
     cases = [
         ("", "5", Outcome.NO_ANSWER),

@@ -172,14 +172,21 @@ def judge(completion: str, answer: str) -> tuple[Outcome, str]:
         span = extract_final_answer(completion)
         if span is None:
             return Outcome.NO_ANSWER, ""
-        parsed = _parse(span.text, span.latex)
-        if not parsed:
-            return Outcome.UNPARSABLE_ANSWER, span.text[:100]
-        ok = load_math_verify().verify(list(gold), parsed, timeout_seconds=None, raise_on_error=True)
-        return (Outcome.CORRECT if ok else Outcome.WRONG), ""
+        return _judge_span(gold, span)
     except Exception as exc:  # any failure of the checker scores 0.0, never the job
         # Only the type: str() of a sympy error can itself be huge or slow.
         return Outcome.ERROR, type(exc).__name__
+
+
+@lru_cache(maxsize=65536)
+def _judge_span(gold: tuple, span: FinalAnswer) -> tuple[Outcome, str]:
+    """The outcome of an answer span against a parsed gold. Samples of one prompt (and MC continuations
+    of one prefix) mostly end with the same few answers, hence the cache; errors are not cached."""
+    parsed = _parse(span.text, span.latex)
+    if not parsed:
+        return Outcome.UNPARSABLE_ANSWER, span.text[:100]
+    ok = load_math_verify().verify(list(gold), parsed, timeout_seconds=None, raise_on_error=True)
+    return (Outcome.CORRECT if ok else Outcome.WRONG), ""
 
 
 def vote_key(completion: str) -> str | None:
