@@ -367,3 +367,15 @@ def test_vllm_processes_run_on_tcmalloc_and_leave_the_callers_environment_alone(
     vllm_processes = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM")]
     assert vllm_processes and all("libtcmalloc" in maps(p.pid) for p in vllm_processes)
     assert "libtcmalloc" not in maps(os.getpid())
+
+
+def test_vllm_worker_sleeps_soon_after_a_call(vllm_engine, prompts):
+    # vLLM's worker would busy-poll for a second after each call, taking a core from the trainer.
+    workers = [p for p in psutil.Process().children(recursive=True) if p.name() == "VLLM::Worker"]
+    assert workers
+    vllm_engine.generate(prompts[:8], SamplingConfig(n=2, max_new_tokens=16))
+    time.sleep(0.1)
+    before = [sum(w.cpu_times()[:2]) for w in workers]
+    time.sleep(0.6)
+    spent = [sum(w.cpu_times()[:2]) - b for w, b in zip(workers, before, strict=True)]
+    assert max(spent) < 0.25, spent

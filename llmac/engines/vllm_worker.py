@@ -6,13 +6,19 @@ bytes in one or more chunks, are staged, and are loaded together by the worker's
 ``reload_weights``, which handles vLLM's fused layers (q/k/v, gate/up) and any post-load processing.
 A fused layer must receive all its parts in one ``reload_weights`` call, which is why chunks are
 staged rather than loaded one by one. This module imports only torch and safetensors.
+
+Importing it in the worker also shortens the worker's idle spin when ``LLMAC_VLLM_IDLE_SPIN_S`` is
+set (see :func:`shorten_idle_spin`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import safetensors.torch
+
+IDLE_SPIN_ENV = "LLMAC_VLLM_IDLE_SPIN_S"
 
 # vLLM's layer-wise reload warns "RotaryEmbedding: Failed to load weights" at every sync: rotary
 # layers hold a computed cos/sin cache that no checkpoint carries, and vLLM puts it back as it was.
@@ -28,6 +34,38 @@ def _quiet_rotary_reload_notice() -> None:
     logger = logging.getLogger(RELOAD_LOGGER)
     if _keep_record not in logger.filters:
         logger.addFilter(_keep_record)
+
+
+def shorten_idle_spin(seconds: float) -> bool:
+    """Make the worker busy-poll its message queue for at most ``seconds`` after a message.
+
+    vLLM's worker spins on its shared-memory queue for a second after each message before it
+    sleeps on a socket (``SpinCondition.busy_loop_s``). While generating, messages come every step,
+    so a short spin costs nothing; after a ``generate`` call the full second takes most of a core
+    from a trainer that shares the machine (on 2 CPU cores it slowed the next torch work by up to
+    80%). Returns False when this vLLM has no such queue (nothing to shorten).
+    """
+    try:
+        from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
+    except ImportError:
+        return False
+    original = getattr(SpinCondition, "wait", None)
+    if original is None or not hasattr(SpinCondition, "record_read"):
+        return False
+    original = getattr(original, "__wrapped__", original)
+
+    def wait(self, *args, **kwargs):
+        if getattr(self, "busy_loop_s", 0) > seconds:
+            self.busy_loop_s = seconds
+        return original(self, *args, **kwargs)
+
+    wait.__wrapped__ = original
+    SpinCondition.wait = wait
+    return True
+
+
+if os.environ.get(IDLE_SPIN_ENV):
+    shorten_idle_spin(float(os.environ[IDLE_SPIN_ENV]))
 
 
 class WeightSyncExtension:
