@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from llmac.schedules import LR_SCHEDULES
 
 ADVANTAGE_ESTIMATORS = ("step_gae", "token_gae", "grpo", "rloo", "lite_ppo")
 VALUE_ESTIMATORS = ("step_gae", "token_gae")
@@ -171,6 +174,14 @@ class PPOConfig:
             "steps move every weight by about the full learning rate, whatever its gradient)."
         },
     )
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={
+            "help": "Learning rates after the warm-up: constant, or linear / cosine decay to 0 at the last "
+            "iteration. Decay suits an actor whose SFT annealed its rate to 0: raised again and held, "
+            "the rate costs a small model accuracy that annealing back recovers."
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0: off)."})
 
@@ -221,6 +232,15 @@ class PPOConfig:
             0 <= self.overlong_buffer <= self.max_new_tokens, "overlong_buffer must be in [0, max_new_tokens]"
         )
         check(self.max_sampling_rounds >= 1, "max_sampling_rounds must be >= 1")
+        check(self.lr_scheduler_type in LR_SCHEDULES,
+              f"lr_scheduler_type must be one of {LR_SCHEDULES}, got {self.lr_scheduler_type!r}")  # fmt: skip
+
+    def optimizer_steps_per_iteration(self, num_processes: int = 1) -> int:
+        """Optimizer steps one iteration makes: ``ppo_epochs`` passes over each process's share."""
+        groups_per_process = math.ceil(self.prompts_per_iteration / num_processes)
+        return self.ppo_epochs * math.ceil(
+            groups_per_process * self.samples_per_prompt / self.mini_batch_size
+        )
 
     @property
     def uses_value_model(self) -> bool:

@@ -72,6 +72,7 @@ from llmac.ppo.experience import (
 )
 from llmac.ppo.targets import Targets, sequence_targets, step_gae_targets, token_gae_targets
 from llmac.rewards.registry import get_reward_fn
+from llmac.schedules import lr_multiplier
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class PPOTrainer:
     # -- setup -------------------------------------------------------------------------------------
     def _trainable_models(self, actor_path: Path, model_config: ModelConfig, engine_config: EngineConfig):
         """The actor (LoRA-wrapped if asked) and its value model in one prepared module, their AdamW
-        (one learning rate each) and its linear warm-up."""
+        (one learning rate each) and its schedule (linear warm-up, then ``lr_scheduler_type``)."""
         config = self.config
         policy = load_actor(actor_path, model_config.dtype, model_config.lora_settings())
         value = None
@@ -190,9 +191,13 @@ class PPOTrainer:
         if value is not None:
             groups.append({"params": list(value.parameters()), "lr": config.value_learning_rate})
         optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-        warmup = max(config.warmup_steps, 1)
+        total_steps = config.num_iterations * config.optimizer_steps_per_iteration(
+            self.accelerator.num_processes
+        )
         # Stepped by hand once per optimizer step (a prepared scheduler steps once per process).
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_multiplier(config.lr_scheduler_type, config.warmup_steps, total_steps)
+        )
         self.accelerator.register_for_checkpointing(scheduler)
         model, optimizer = self.accelerator.prepare(PolicyAndValue(policy, value), optimizer)
         model.eval()  # no dropout: old and new log-probs must come from the same function
