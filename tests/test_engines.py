@@ -6,6 +6,7 @@ change its weights put the original weights back.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import subprocess
@@ -27,6 +28,17 @@ ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
 @pytest.fixture(scope="module")
 def hf_engine(tiny_actor_dir):
     return HFEngine(tiny_actor_dir, dtype="float32", batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def vllm_mp_engine(tiny_actor_dir):
+    """vLLM in its own processes (as on GPUs and in multi-process jobs), for the tests of those processes."""
+    pytest.importorskip("vllm")
+    from llmac.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(tiny_actor_dir, dtype="float32", max_model_len=256, seed=0, in_process=False)
+    yield engine
+    engine.close()
 
 
 @pytest.fixture
@@ -323,7 +335,7 @@ import psutil
 from llmac.engines.vllm import VLLMEngine
 
 if __name__ == "__main__":
-    engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=256)
+    engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=256, in_process=False)
     print("children:", *(c.pid for c in psutil.Process().children(recursive=True)), flush=True)
     time.sleep(600)
 """
@@ -348,12 +360,12 @@ def test_vllm_processes_end_when_their_owner_is_killed(tiny_actor_dir, tmp_path)
     assert not [pid for pid in children if _running(pid)]
 
 
-def test_vllm_processes_run_on_tcmalloc_and_leave_the_callers_environment_alone(vllm_engine):
+def test_vllm_processes_run_on_tcmalloc_and_leave_the_callers_environment_alone(vllm_mp_engine):
     import os
 
     from llmac.engines.vllm import _tcmalloc_preload
 
-    if not vllm_engine.tcmalloc:
+    if not vllm_mp_engine.tcmalloc:
         pytest.skip(
             "no tcmalloc on this system (Debian's libtcmalloc-minimal4; scripts/setup.sh installs it)"
         )
@@ -369,13 +381,78 @@ def test_vllm_processes_run_on_tcmalloc_and_leave_the_callers_environment_alone(
     assert "libtcmalloc" not in maps(os.getpid())
 
 
-def test_vllm_worker_sleeps_soon_after_a_call(vllm_engine, prompts):
+def test_vllm_worker_sleeps_soon_after_a_call(vllm_mp_engine, prompts):
     # vLLM's worker would busy-poll for a second after each call, taking a core from the trainer.
     workers = [p for p in psutil.Process().children(recursive=True) if p.name() == "VLLM::Worker"]
     assert workers
-    vllm_engine.generate(prompts[:8], SamplingConfig(n=2, max_new_tokens=16))
+    vllm_mp_engine.generate(prompts[:8], SamplingConfig(n=2, max_new_tokens=16))
     time.sleep(0.1)
     before = [sum(w.cpu_times()[:2]) for w in workers]
     time.sleep(0.6)
     spent = [sum(w.cpu_times()[:2]) - b for w, b in zip(workers, before, strict=True)]
     assert max(spent) < 0.25, spent
+
+
+IN_PROCESS_SCRIPT = """
+import json, random, sys
+import numpy as np
+import psutil
+import torch
+import torch.distributed as dist
+from llmac.engines import SamplingConfig
+from llmac.engines.vllm import VLLMEngine
+
+if __name__ == "__main__":
+    random.seed(1); np.random.seed(1); torch.manual_seed(1)
+    states = (random.getstate(), np.random.get_state()[1].tolist(), torch.random.get_rng_state())
+    set_num_threads = torch.set_num_threads
+    report = {}
+    for run in range(2):  # the second engine starts after the first closed
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=256)
+        groups = engine.generate(["1 + 2 = "], SamplingConfig(n=2, max_new_tokens=8))
+        report[f"in_process_{run}"] = engine.in_process
+        report[f"children_{run}"] = len({p.pid for p in psutil.Process().children(recursive=True)} - before)
+        report[f"tokens_{run}"] = [c.token_ids for c in groups[0]]
+        if run == 0:
+            second = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=256)
+            report["second_in_process"] = second.in_process
+            second.close()
+            try:
+                VLLMEngine(sys.argv[1], dtype="float32", max_model_len=256, in_process=True)
+            except ValueError as error:
+                report["second_refused"] = "already runs in this process" in str(error)
+            if dist.is_initialized():  # as accelerate's end_training does (the second's close may have)
+                dist.destroy_process_group()
+            after = engine.generate(["1 + 2 = "], SamplingConfig(n=2, max_new_tokens=8, seed=3))
+            report["works_without_process_group"] = all(len(c.token_ids) > 0 for c in after[0])
+        engine.close()
+        report[f"process_group_after_close_{run}"] = dist.is_initialized()
+    report["rng_kept"] = (
+        random.getstate() == states[0]
+        and np.random.get_state()[1].tolist() == states[1]
+        and torch.equal(torch.random.get_rng_state(), states[2])
+    )
+    report["set_num_threads_kept"] = torch.set_num_threads is set_num_threads
+    print("report:", json.dumps(report), flush=True)
+"""
+
+
+@pytest.mark.vllm
+def test_vllm_on_cpu_runs_in_the_callers_process_and_leaves_its_state_alone(tiny_actor_dir, tmp_path):
+    script = tmp_path / "in_process.py"
+    script.write_text(IN_PROCESS_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), str(tiny_actor_dir)], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    line = next((line for line in run.stdout.splitlines() if line.startswith("report:")), None)
+    assert line is not None, run.stderr[-3000:]
+    report = json.loads(line.removeprefix("report:"))
+    assert report["in_process_0"] and report["in_process_1"]
+    assert report["children_0"] == report["children_1"] == 0  # no engine-core or worker process
+    assert report["tokens_0"] == report["tokens_1"]  # unseeded: both engines start from seed 0
+    assert not report["process_group_after_close_0"] and not report["process_group_after_close_1"]
+    assert (
+        report["second_in_process"] is False and report["second_refused"]
+    )  # one in-process engine at a time
+    assert report["rng_kept"]  # vLLM seeds the global RNGs at start and samples from torch's
+    assert report["set_num_threads_kept"]  # vLLM's CPU worker swaps in a no-op

@@ -284,6 +284,7 @@ class PPOTrainer:
                 push_model(
                     Path(config.output_dir) / "actor", config.hub_model_id, private=config.hub_private_repo
                 )
+            self.close()  # first: accelerate's end_training destroys any process group, an in-process engine's too
             self.accelerator.end_training()
         finally:
             self.close()
