@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument(
-        "--repeats", type=int, default=None, help="Timed calls per engine (default 6, quick 4)."
+        "--repeats", type=int, default=None, help="Timed calls per engine (default 10, quick 6)."
     )
     add_actor_args(parser, train_steps=40)
     parser.add_argument(
@@ -74,7 +74,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the figures readable
     from llmac.engines.vllm import VLLMEngine
 
-    repeats = args.repeats or (4 if args.quick else 6)
+    repeats = args.repeats or (6 if args.quick else 10)
     sampling = SamplingConfig(
         n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.sampling_seed
     )
