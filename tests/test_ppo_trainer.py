@@ -119,7 +119,7 @@ def _command(actor: Path, out: Path, async_rollouts: bool = False) -> list[str]:
         "--num_iterations", "4", "--checkpoint_every", "2", "--eval_every", "0", "--prompts_per_iteration", "8",
         "--samples_per_prompt", "4", "--max_new_tokens", "40", "--mini_batch_size", "16", "--ppo_epochs", "2",
         "--learning_rate", "1e-4", "--seed", "5", "--progress", "false", "--reward", "ppo_rewards:short",
-        "--async_rollouts", str(async_rollouts).lower(),
+        "--async_rollouts", str(async_rollouts).lower(), "--lr_scheduler_type", "cosine", "--warmup_steps", "2",
     ]  # fmt: skip
 
 
@@ -146,6 +146,10 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tiny_actor_dir, 
 
     whole, resumed = MetricsLog(tmp_path / "whole").read(), MetricsLog(out).read()
     assert [r["iteration"] for r in resumed] == [1, 2, 3, 4]
+    # 2 epochs x 2 minibatches of 16 = 4 steps an iteration, 16 in all; 2 warm-up steps, then cosine.
+    factor = [(s + 1) / 2 if s < 2 else 0.5 * (1 + math.cos(math.pi * (s - 2) / 14)) for s in range(16)]
+    expected = [1e-4 * sum(factor[4 * i : 4 * i + 4]) / 4 for i in range(4)]
+    assert [r["learning_rate"] for r in whole] == pytest.approx(expected, rel=1e-6)
     for key, value in whole[3].items():
         if key.endswith(("tokens_per_s", "_seconds")):
             continue

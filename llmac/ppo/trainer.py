@@ -583,6 +583,7 @@ class PPOTrainer:
                     loss = loss + config.value_coef * loss_v
                     step.update({"value_loss": loss_v.item(), **{k: v.item() for k, v in vs.items()}})
                 self.accelerator.backward(loss)
+                step["learning_rate"] = self.scheduler.get_last_lr()[0]  # the actor's, for this step
                 if config.max_grad_norm > 0 and self.accelerator.state.deepspeed_plugin is None:
                     self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
                 self.optimizer.step()
