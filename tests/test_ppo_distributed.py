@@ -46,7 +46,8 @@ def test_zero2_and_zero3_ppo_agree_and_sync_the_engine(tiny_actor_dir, tmp_path)
     for key in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "explained_variance"):
         assert first3[key] == pytest.approx(first2[key], abs=1e-5), key
     # Iteration 2's rollouts were sampled after the weight sync: the engine's log-probs of its own
-    # tokens equal the updated trainer's (gathered from ZeRO-3 shards in the second run).
+    # tokens equal the updated trainer's (gathered from ZeRO-3 shards in the second run). The recipe
+    # starts the PPO ratio from those log-probs, so the gap is read on each first minibatch.
     for run in (zero2, zero3):
         assert run[1]["engine_logprob_gap_max"] < 1e-3, run[1]
         assert run[1]["approx_kl"] > 0 or run[0]["approx_kl"] > 0  # the weights did move
@@ -59,8 +60,9 @@ def test_zero2_and_zero3_ppo_agree_and_sync_the_engine(tiny_actor_dir, tmp_path)
 @pytest.mark.vllm
 def test_zero3_lora_ppo_syncs_merged_weights(tiny_actor_dir, tmp_path):
     pytest.importorskip("vllm")
+    # The recipe starts the PPO ratio from the engine's log-probs; this run recomputes them instead.
     rows = _launch("zero3", tiny_actor_dir, tmp_path / "lora", "--use_lora", "true", "--lora_r", "8",
-                   "--learning_rate", "1e-3")  # fmt: skip
+                   "--learning_rate", "1e-3", "--old_logprobs", "trainer")  # fmt: skip
     assert rows[1]["engine_logprob_gap_max"] < 1e-3 and rows[0]["approx_kl"] > 0, rows
     saved = load_file(tmp_path / "lora" / "actor" / "model.safetensors")
     base = load_file(tiny_actor_dir / "model.safetensors")

@@ -200,6 +200,7 @@ def test_engine_old_logprobs_give_the_trainers_first_update(tiny_actor_dir, tmp_
                  advantage_estimator=estimator, ppo_epochs=2).train()  # fmt: skip
         runs[source] = MetricsLog(tmp_path / source / "run").read()[0]
     assert runs["trainer"]["engine_logprob_gap_max"] < 1e-4  # what makes the two the same
+    assert runs["engine"]["engine_logprob_gap_max"] < 1e-4  # checked on the first minibatch instead
     for key in ("policy_loss", "clip_fraction", "approx_kl", "entropy", "value_loss"):
         if key in runs["trainer"]:
             assert runs["engine"][key] == pytest.approx(runs["trainer"][key], abs=1e-4), key

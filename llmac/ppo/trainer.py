@@ -135,6 +135,21 @@ def sequence_advantages(groups: Sequence[Sequence[Sample]], config: PPOConfig) -
     return SEQUENCE_ESTIMATORS[config.advantage_estimator](rewards).flatten()
 
 
+def engine_logprob_gap(
+    trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor
+) -> dict[str, float]:
+    """Mean and max |trainer - engine| log-prob of the sampled tokens, before any update.
+
+    The engine samples at the trainer's weights (synced after every update), so the two must match;
+    a gap means a broken sync or a precision loss (or, under async rollouts, the sampler's staleness).
+    """
+    gap = (trainer_logprobs - engine_logprobs).abs()
+    return {
+        "engine_logprob_gap": masked_mean(gap, mask).item(),
+        "engine_logprob_gap_max": gap[mask].max().item(),
+    }
+
+
 class PPOTrainer:
     def __init__(self, model_config: ModelConfig, task_config: TaskConfig, engine_config: EngineConfig,
                  config: PPOConfig) -> None:  # fmt: skip
@@ -548,6 +563,7 @@ class PPOTrainer:
         warmup = number <= config.value_warmup_iterations
         stats: dict[str, list[float]] = {}
         generator = torch.Generator().manual_seed(config.seed * 7919 + number)
+        gap: dict[str, float] = {}
         for _ in range(config.ppo_epochs):
             for chunk in torch.randperm(len(batch), generator=generator).split(config.mini_batch_size):
                 part = batch.select(chunk)
@@ -556,6 +572,9 @@ class PPOTrainer:
                     self.model, part, config.uses_value_model, entropy_grad=config.entropy_coef > 0
                 )
                 logprobs = outputs.logprobs
+                if not gap and config.old_logprobs == "engine" and config.temperature == 1.0:
+                    # No forward pass ran before this first update: check the sync on its minibatch.
+                    gap = engine_logprob_gap(logprobs.detach(), part.engine_logprobs, mask)
                 # Under value warm-up the policy term is weighted 0 (not skipped), so every process
                 # runs the same graph and DeepSpeed sees a gradient for every parameter.
                 loss_pg, pg = policy_loss(logprobs, scores["old_logprobs"][chunk], targets.advantages[chunk], mask,
@@ -592,14 +611,9 @@ class PPOTrainer:
                 for key, value in step.items():
                     stats.setdefault(key, []).append(value)
         metrics = {k: float(np.mean(v)) for k, v in stats.items()}
-        # The engine samples at the trainer's weights (synced after every update), so its log-probs of
-        # the sampled tokens must match the trainer's; a gap means a broken sync or a precision loss.
-        recomputed = self.config.temperature == 1.0 and self.config.old_logprobs == "trainer"
-        raw = scores["old_logprobs"] if recomputed else None
-        if raw is not None:
-            gap = (raw - batch.engine_logprobs).abs()
-            metrics["engine_logprob_gap"] = masked_mean(gap, batch.completion_mask).item()
-            metrics["engine_logprob_gap_max"] = gap[batch.completion_mask].max().item()
+        if config.temperature == 1.0 and config.old_logprobs == "trainer":
+            gap = engine_logprob_gap(scores["old_logprobs"], batch.engine_logprobs, batch.completion_mask)
+        metrics.update(gap)
         if scores["kl"] is not None:
             metrics["kl"] = masked_mean(scores["kl"], batch.completion_mask).item()
         if targets.returns is not None:
