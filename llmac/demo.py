@@ -254,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"{selection.critic_last:.1%}, majority {selection.majority:.1%}, random {selection.random:.1%} "
         f"-> gain over random {100 * selection.gain_over_random:+.1f} points"
     )
+    if selection.sampler_confidence is not None:
+        print(
+            f"  (the actor's own confidence, its least likely token, picks {selection.sampler_confidence:.1%})"
+        )
     print(f"PPO ({ppo_config.num_iterations} iterations, step-level GAE over the critic's step values):")
     print(
         f"  held-out greedy accuracy: {evals[0][1]:.1%} before -> {evals[-1][1]:.1%} after "

@@ -74,6 +74,17 @@ def test_eval_and_inspect_on_rollouts(critic_dir, labels_dir, workdir, tiny_acto
     # Make the best-of-n figures checkable: exactly one correct sample per question.
     data = load_from_disk(str(rollouts))
     data = data.map(lambda row: {"reward": float(row["sample_index"] == 0)})
+
+    # ... and the sampler most sure of that sample, except on question 0 where it is least sure.
+    def logprobs(row: dict) -> dict:
+        worst = (
+            -9.0
+            if row["prompt_index"] == 0 and row["sample_index"] == 0
+            else -0.5 * (row["sample_index"] + 1)
+        )
+        return {"logprobs": [-0.1, worst]}
+
+    data = data.map(logprobs)
     save_dataset_atomically(data, workdir / "rollouts_fixed")
 
     llmac([
@@ -85,6 +96,7 @@ def test_eval_and_inspect_on_rollouts(critic_dir, labels_dir, workdir, tiny_acto
     assert metrics["random"] == pytest.approx(1 / 3)
     assert metrics["pass_at_n"] == 1.0
     assert 0 <= metrics["critic_min"] <= 1
+    assert metrics["sampler_confidence"] == pytest.approx(4 / 5)
 
     page = workdir / "critic.html"
     llmac(["critic", "inspect", "--critic", str(critic_dir), "--data", str(rollouts), "--output", str(page)])

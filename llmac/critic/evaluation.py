@@ -3,7 +3,8 @@
 - step AUC and first-error identification (ProcessBench-style F1) against Monte-Carlo labels
   (the labelled layout of :mod:`llmac.critic.labelling`);
 - best-of-N selection accuracy on rollouts (``llmac generate`` with n samples per question): the
-  critic's pick (min over steps, and last step) against majority vote, a random pick and pass@N.
+  critic's pick (min over steps, and last step) against majority vote, a random pick, pass@N and
+  the sampler's own confidence (a critic worth running should beat it).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class SelectionMetrics:
     majority: float
     random: float
     pass_at_n: float
+    # The pick whose least likely token was most likely under the sampler (the rollouts' `logprobs`):
+    # a critic-free baseline; None when the rollouts carry no log-probs.
+    sampler_confidence: float | None = None
 
     @property
     def gain_over_random(self) -> float:
@@ -144,6 +148,10 @@ def evaluate_selection(
     rewards = [[reward[i] for i in g] for g in groups]
     # An empty completion has no step to score: it ranks below any scored one.
     group_values = [[values[i] or [0.0] for i in g] for g in groups]
+    confidence = None
+    if "logprobs" in rollouts.column_names:
+        logprobs = list(rollouts["logprobs"])
+        confidence = best_of_n([[logprobs[i] or [-math.inf] for i in g] for g in groups], rewards, "min")
     return SelectionMetrics(
         num_questions=len(groups),
         n=max(len(g) for g in groups),
@@ -152,4 +160,5 @@ def evaluate_selection(
         majority=majority_at_k(rewards, [[key[i] for i in g] for g in groups]),
         random=random_pick_accuracy(rewards),
         pass_at_n=pass_at_k(rewards),
+        sampler_confidence=confidence,
     )
