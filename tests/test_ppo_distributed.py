@@ -1,5 +1,6 @@
-"""2-process PPO under `accelerate launch` (gloo on CPU): ZeRO-2 and ZeRO-3 agree, and the vLLM engine
-on the main process samples from the weights the trainer just updated."""
+"""2-process PPO under `accelerate launch` (gloo on CPU): ZeRO-2 and ZeRO-3 agree, the vLLM engine on
+the main process samples from the weights the trainer just updated, and async rollouts run one update
+behind."""
 
 from __future__ import annotations
 
@@ -54,6 +55,15 @@ def test_zero2_and_zero3_ppo_agree_and_sync_the_engine(tiny_actor_dir, tmp_path)
     a = load_file(tmp_path / "zero2" / "actor" / "model.safetensors")
     b = load_file(tmp_path / "zero3" / "actor" / "model.safetensors")
     assert set(a) == set(b) and all((a[k] - b[k]).abs().max() < 1e-4 for k in a)
+
+    # async_rollouts under ZeRO-2: the main process samples iteration 2 while both processes update, so
+    # iteration 1 is the synchronous run's and iteration 2 is scored one update after it was sampled.
+    ahead = _launch("zero2", tiny_actor_dir, tmp_path / "async", "--async_rollouts", "true")
+    assert [r["iteration"] for r in ahead] == [1, 2]
+    for key in ("reward", "response_length", "policy_loss", "value_loss", "approx_kl"):
+        assert ahead[0][key] == pytest.approx(first2[key], abs=1e-6), key
+    assert ahead[1]["engine_logprob_gap"] > 100 * zero2[1]["engine_logprob_gap"] + 1e-4
+    assert ahead[1]["sampler_wait_seconds"] == 0  # nothing sampled after the last iteration
 
 
 @pytest.mark.distributed
