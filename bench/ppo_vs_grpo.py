@@ -101,12 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_recipe(argv: list[str]):
     """``(ModelConfig, TaskConfig, EngineConfig, PPOConfig)`` of a recipe and CLI-style overrides."""
-    from llmac.config import ModelConfig, parse_config
-    from llmac.data.tasks import TaskConfig
-    from llmac.engines import EngineConfig
-    from llmac.ppo.config import PPOConfig
+    from llmac.config import parse_config
+    from llmac.ppo.trainer import CONFIG_CLASSES
 
-    return parse_config([ModelConfig, TaskConfig, EngineConfig, PPOConfig], argv)
+    return parse_config(CONFIG_CLASSES, argv)
 
 
 def arm_argv(spec: dict) -> list[str]:

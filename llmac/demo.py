@@ -38,6 +38,7 @@ from llmac.files import write_text_atomically
 from llmac.metrics_log import MetricsLog
 from llmac.plot import plot_run
 from llmac.ppo.config import PPOConfig
+from llmac.ppo.trainer import CONFIG_CLASSES as PPO_CONFIG_CLASSES
 from llmac.ppo.trainer import run_ppo
 from llmac.rewards import answer_keys, math_rewards
 from llmac.rollouts import sample_rollouts, save_dataset_atomically
@@ -125,15 +126,17 @@ def _ppo_config(demo: DemoConfig, output_dir: Path, seed: int) -> PPOConfig:
     overrides = ["--config", demo.ppo_recipe, "--output_dir", str(output_dir), "--seed", str(seed)]
     if demo.ppo_iterations is not None:
         overrides += ["--num_iterations", str(demo.ppo_iterations)]
-    *_, config = parse_config(
-        [ModelConfig, TaskConfig, EngineConfig, PPOConfig], overrides, prog="llmac demo"
-    )
+    *_, config = parse_config(PPO_CONFIG_CLASSES, overrides, prog="llmac demo")
     return config
+
+
+# What `recipes/demo.yaml` fills, in order.
+CONFIG_CLASSES = (DemoConfig, ModelConfig, TaskConfig, SFTConfig, EngineConfig)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     demo, model_config, task_config, sft_args, engine_config = parse_config(
-        [DemoConfig, ModelConfig, TaskConfig, SFTConfig, EngineConfig], argv, prog="llmac demo"
+        CONFIG_CLASSES, argv, prog="llmac demo"
     )
     run_dir = Path(demo.run_dir)
     started = time.perf_counter()

@@ -54,6 +54,10 @@ def sft_dataset(rows: Dataset, tokenizer) -> Dataset:
     )
 
 
+# What a `llmac sft` recipe fills, in order.
+CONFIG_CLASSES = (ModelConfig, TaskConfig, SFTConfig)
+
+
 def run_sft(model_config: ModelConfig, task_config: TaskConfig, args: SFTConfig) -> Path:
     """Train, save the final model (full weights) and tokenizer to ``args.output_dir``, return it."""
     lora = model_config.lora_settings()
@@ -79,9 +83,7 @@ def run_sft(model_config: ModelConfig, task_config: TaskConfig, args: SFTConfig)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    model_config, task_config, args = parse_config(
-        [ModelConfig, TaskConfig, SFTConfig], argv, prog="llmac sft"
-    )
+    model_config, task_config, args = parse_config(CONFIG_CLASSES, argv, prog="llmac sft")
     output_dir = run_sft(model_config, task_config, args)
     end_process_group()
     return output_dir

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llmac.config import parse_config
 from llmac.critic.evaluation import score_dataset, solutions_of
+from llmac.critic.labelling import MCLabelConfig, label_steps
 from llmac.data.loading import load_records
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
@@ -63,12 +64,12 @@ class LabelRunConfig:
     output_dir: str = field(default="", metadata={"help": "Where the labelled dataset is written."})
 
 
-def label_main(argv: Sequence[str] | None = None) -> Path:
-    from llmac.critic.labelling import MCLabelConfig, label_steps
+# What a `llmac critic label` recipe fills, in order.
+LABEL_CONFIG_CLASSES = (LabelRunConfig, MCLabelConfig, TaskConfig, EngineConfig)
 
-    run, mc, task, engine_config = parse_config(
-        [LabelRunConfig, MCLabelConfig, TaskConfig, EngineConfig], argv, prog="llmac critic label"
-    )
+
+def label_main(argv: Sequence[str] | None = None) -> Path:
+    run, mc, task, engine_config = parse_config(LABEL_CONFIG_CLASSES, argv, prog="llmac critic label")
     if not run.model_name_or_path or not run.output_dir:
         raise SystemExit("llmac critic label: --model_name_or_path and --output_dir are required")
     output = Path(run.output_dir)

@@ -358,6 +358,10 @@ def save_critic(trainer: Trainer, output_dir: Path) -> None:
         logger.info("saved step critic to %s", output_dir)
 
 
+# What a `llmac critic train` recipe fills, in order.
+CONFIG_CLASSES = (ModelConfig, CriticDataConfig, CriticConfig)
+
+
 def run_critic_training(model_config: ModelConfig, data_config: CriticDataConfig, args: CriticConfig) -> Path:
     """Train and save the critic (see :func:`train_critic`); returns ``args.output_dir``."""
     train_critic(model_config, data_config, args)
@@ -365,9 +369,7 @@ def run_critic_training(model_config: ModelConfig, data_config: CriticDataConfig
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    model_config, data_config, args = parse_config(
-        [ModelConfig, CriticDataConfig, CriticConfig], argv, prog="llmac critic train"
-    )
+    model_config, data_config, args = parse_config(CONFIG_CLASSES, argv, prog="llmac critic train")
     output_dir = run_critic_training(model_config, data_config, args)
     end_process_group()
     return output_dir

@@ -710,6 +710,10 @@ class PPOTrainer:
         self.accelerator.wait_for_everyone()
 
 
+# What a `llmac ppo` recipe fills, in order.
+CONFIG_CLASSES = (ModelConfig, TaskConfig, EngineConfig, PPOConfig)
+
+
 def run_ppo(
     model_config: ModelConfig, task_config: TaskConfig, engine_config: EngineConfig, config: PPOConfig
 ) -> Path:
@@ -718,9 +722,7 @@ def run_ppo(
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    model_config, task_config, engine_config, config = parse_config(
-        [ModelConfig, TaskConfig, EngineConfig, PPOConfig], argv, prog="llmac ppo"
-    )
+    model_config, task_config, engine_config, config = parse_config(CONFIG_CLASSES, argv, prog="llmac ppo")
     output = run_ppo(model_config, task_config, engine_config, config)
     end_process_group()
     return output
