@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_actor import add_actor_args, build_actor
+from helpers.bench_actor import add_actor_args, build_actor
 
 from llmac.critic.model import critic_delimiter, init_critic, load_critic_tokenizer
 from llmac.critic.scoring import CriticExample, encode_example, score_examples, score_prefixes_separately

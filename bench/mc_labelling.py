@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_actor import add_actor_args, build_actor
+from helpers.bench_actor import add_actor_args, build_actor
 
 from llmac.critic.labelling import MCLabelConfig, label_steps
 from llmac.data import arithmetic_dataset

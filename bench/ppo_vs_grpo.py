@@ -9,7 +9,7 @@ number of generated completions:
 - ``ppo``: llmac PPO, step-level GAE with a step critic (``--critic``: an ``llmac critic train``
   output; without it the value head starts at zero);
 - ``trl_grpo``: TRL's ``GRPOTrainer`` with its default loss and the same math reward, prompts,
-  generation batch and optimizer steps (``bench/trl_grpo.py``);
+  generation batch and optimizer steps (``bench/helpers/trl_grpo.py``);
 - ``llmac_grpo``: llmac's trainer with GRPO group advantages and no critic, which separates the
   critic's effect (``ppo`` against it) from the trainer's (it against ``trl_grpo``).
 
@@ -171,7 +171,7 @@ def run_arm(spec_path: Path) -> None:
 
         torch.set_num_threads(spec["threads"])
     if spec["arm"] == "trl_grpo":
-        from trl_grpo import run_trl_grpo
+        from helpers.trl_grpo import run_trl_grpo
 
         result = run_trl_grpo(*load_recipe(arm_argv(spec)))
     else:
