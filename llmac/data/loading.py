@@ -18,6 +18,8 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from llmac.errors import LlmacError
+
 ANSWER_FORMATS = ("plain", "gsm8k")
 GSM8K_ANSWER_MARK = "####"
 # GSM8K writes calculator calls inline: "48/2=<<48/2=24>>24". A solution cut off mid-call (model
@@ -28,7 +30,7 @@ _FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 _SAVE_TO_DISK_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 
 
-class DataError(ValueError):
+class DataError(LlmacError, ValueError):
     """Bad input data. The message names the file or dataset, the row and the field."""
 
 
