@@ -4,14 +4,17 @@ The model is llmac's tiny Qwen2 trained for a few dozen next-token steps on arit
 (as in ``bench/rollout_throughput.py``). Solutions are sampled once (vLLM, one per question) and
 both engines label them with :func:`llmac.critic.labelling.label_steps` under the same
 :class:`MCLabelConfig` and the math reward: every step prefix continued ``N`` times, verified against
-the gold. vLLM gets each prefix as one request with ``n = N`` and shares prefixes through its prefix
-cache and continuous batching; HF repeats each prefix ``N`` times in its default batches of 64
-sequences. Each engine gets a warm-up job first; timed jobs alternate between the engines and an
-engine's time is the sum over its jobs (HF's job time swings with the longest continuation of each of
-its static batches, so a best-of-N figure would favour it). Training, sampling and start-up are not
-timed. ``--quick`` is the small job (16 solutions, 64-token continuations, 3 timed jobs per engine); on
-cores busy with other work HF's many small per-token ops slow down several-fold, so compare runs
-made on idle cores. The last line printed is ``ratio=<hf/vllm>``.
+the gold. Each job is one engine call with every prefix of every solution. vLLM gets each prefix as
+one request with ``n = N`` and shares prefixes through its prefix cache and continuous batching; HF
+repeats each prefix ``N`` times and, as in ``bench/rollout_throughput.py``, gets its fastest CPU
+setting there: all the job's sequences in one ``generate`` call (``--hf-batch-size`` to change it).
+Each engine gets a warm-up job first; timed jobs alternate between the engines and an engine's time
+is the sum over its jobs (HF's job time swings with the longest continuation of its static batch, so
+a best-of-N figure would favour it). Training, sampling and start-up are not timed. ``--quick`` is
+the small job (16 solutions, 64-token continuations, 3 timed jobs per engine); on cores busy with
+other work HF's many small per-token ops slow down several-fold, so compare runs made on idle cores.
+The figures and the command go to ``bench/results/mc_labelling[-quick].json``; the last line printed
+is ``ratio=<hf/vllm> ...``.
 
     python bench/mc_labelling.py --quick
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import torch
 from helpers.bench_actor import add_actor_args, build_actor
+from helpers.results import BenchRecord, add_results_arg, summary_line
 
 from llmac.critic.labelling import MCLabelConfig, label_steps
 from llmac.data import arithmetic_dataset
@@ -53,6 +57,13 @@ def parse_args() -> argparse.Namespace:
         "--repeats", type=int, default=None, help="Timed jobs per engine (default 3, quick 3)."
     )
     add_actor_args(parser, train_steps=40)
+    parser.add_argument(
+        "--hf-batch-size",
+        type=int,
+        default=None,
+        help="Sequences per HF generate (default: all of a job's, its fastest setting).",
+    )
+    add_results_arg(parser)
     return parser.parse_args()
 
 
@@ -64,7 +75,8 @@ def timed_labels(engine, solutions, config: MCLabelConfig):
 
 def main() -> None:
     args = parse_args()
-    wall = time.perf_counter()
+    record = BenchRecord("mc_labelling", args)
+    wall = record.started
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the figures readable
     from llmac.engines.vllm import VLLMEngine
 
@@ -72,7 +84,11 @@ def main() -> None:
     max_new_tokens = args.max_new_tokens or (64 if args.quick else 96)
     repeats = args.repeats or 3
     config = MCLabelConfig(
-        num_rollouts=args.n, temperature=args.temperature, max_new_tokens=max_new_tokens, seed=args.seed
+        num_rollouts=args.n,
+        temperature=args.temperature,
+        max_new_tokens=max_new_tokens,
+        seed=args.seed,
+        batch_size=num_solutions,  # one engine call per job
     )
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "tiny"
@@ -81,7 +97,7 @@ def main() -> None:
         started = time.perf_counter()
         vllm_engine = VLLMEngine(model_dir, dtype="float32", max_model_len=512, seed=args.seed)
         print(f"vLLM engine started in {time.perf_counter() - started:.1f}s")
-        hf_engine = HFEngine(model_dir, dtype="float32")  # its default batch: 64 sequences per generate
+        hf_engine = None
         try:
             started = time.perf_counter()
             questions = arithmetic_dataset(num_solutions + 2, seed=args.seed + 2)
@@ -89,11 +105,13 @@ def main() -> None:
             solutions = sample_rollouts(vllm_engine, questions, sampling, math_rewards, progress=False)
             warm_up, solutions = solutions.select(range(2)), solutions.select(range(2, len(solutions)))
             steps = [len(s) for s in solutions["steps"]]
+            sequences = (sum(steps) - len(steps)) * args.n
             print(
                 f"sampled {len(solutions)} solutions in {time.perf_counter() - started:.1f}s: "
                 f"{sum(steps)} steps, {sum(steps) - len(steps)} prefixes to continue x N={args.n}, "
                 f"{sum(solutions['reward']):.0f} correct"
             )
+            hf_engine = HFEngine(model_dir, dtype="float32", batch_size=args.hf_batch_size or sequences)
             for name, engine in (("vllm", vllm_engine), ("hf", hf_engine)):
                 seconds, _ = timed_labels(engine, warm_up, config)
                 print(f"{name} warm-up job (2 solutions): {seconds:.1f}s")
@@ -122,7 +140,18 @@ def main() -> None:
     print(
         f"best-job ratio {best['hf'] / best['vllm']:.2f}; wall time after imports {time.perf_counter() - wall:.1f}s"
     )
-    print(f"ratio={total['hf'] / total['vllm']:.2f}")
+    figures = {
+        "ratio": round(total["hf"] / total["vllm"], 2),
+        "best_job_ratio": round(best["hf"] / best["vllm"], 2),
+        "hf_s": round(total["hf"], 2),
+        "vllm_s": round(total["vllm"], 2),
+        "hf_batch": hf_engine.batch_size,
+    }
+    details = {"times": times, "solutions": len(solutions), "steps": sum(steps),
+               "sequences_per_job": sequences, "max_new_tokens": max_new_tokens,
+               "torch_threads": torch.get_num_threads()}  # fmt: skip
+    print(f"results: {record.save(figures, details)}")
+    print(summary_line(figures))
 
 
 if __name__ == "__main__":

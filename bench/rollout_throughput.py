@@ -9,7 +9,8 @@ engines. An engine's throughput is all the tokens of its timed calls over their 
 trainer making those calls would see: one HF call's time is set by its longest sample (the static
 batch decodes until it ends), so single calls swing by 2x with the draw, and a best-of-N figure
 would reward the engine whose calls swing most. Training and engine start-up are not timed. The
-last line printed is ``ratio=<vllm/hf>``.
+figures and the command go to ``bench/results/rollout_throughput[-quick].json``; the last line
+printed is ``ratio=<vllm/hf> ...``.
 
 The default 256-token budget is a reasoning rollout's: most samples stop long before the longest
 one, which HF's static batch keeps decoding (padded) while vLLM's continuous batching does not. At
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 from helpers.bench_actor import add_actor_args, build_actor
+from helpers.results import BenchRecord, add_results_arg, summary_line
 
 from llmac.data import arithmetic_dataset
 from llmac.engines import SamplingConfig
@@ -37,7 +39,11 @@ from llmac.engines.hf import HFEngine
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="Fewer timed repeats (about a minute in all).")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 timed calls per engine instead of 10 (under a minute on 2 idle cores).",
+    )
     parser.add_argument("--prompts", type=int, default=64, help="Distinct prompts.")
     parser.add_argument("--n", type=int, default=4, help="Samples per prompt.")
     parser.add_argument(
@@ -48,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument(
-        "--repeats", type=int, default=None, help="Timed calls per engine (default 10, quick 6)."
+        "--repeats", type=int, default=None, help="Timed calls per engine (default 10, quick 3)."
     )
     add_actor_args(parser, train_steps=40)
     parser.add_argument(
@@ -57,6 +63,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--sampling-seed", type=int, default=None, help="SamplingConfig.seed (default None, as in rollouts)."
     )
+    add_results_arg(parser)
     return parser.parse_args()
 
 
@@ -70,11 +77,12 @@ def timed_call(engine, prompts: list[str], sampling: SamplingConfig) -> tuple[in
 
 def main() -> None:
     args = parse_args()
-    wall = time.perf_counter()
+    record = BenchRecord("rollout_throughput", args)
+    wall = record.started
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the figures readable
     from llmac.engines.vllm import VLLMEngine
 
-    repeats = args.repeats or (6 if args.quick else 10)
+    repeats = args.repeats or (3 if args.quick else 10)
     sampling = SamplingConfig(
         n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.sampling_seed
     )
@@ -120,7 +128,16 @@ def main() -> None:
     for name in ("vllm", "hf"):
         print(f"{name}: {overall[name]:,.0f} tokens/s over {repeats} calls (best call {best[name]:,.0f})")
     print(f"best-call ratio {best['vllm'] / best['hf']:.2f}; wall time {time.perf_counter() - wall:.1f}s")
-    print(f"ratio={overall['vllm'] / overall['hf']:.2f}")
+    figures = {
+        "ratio": round(overall["vllm"] / overall["hf"], 2),
+        "best_call_ratio": round(best["vllm"] / best["hf"], 2),
+        "vllm_tokens_per_s": round(overall["vllm"]),
+        "hf_tokens_per_s": round(overall["hf"]),
+        "hf_batch": hf_engine.batch_size,
+    }
+    details = {"calls": calls, "torch_threads": torch.get_num_threads(), "tcmalloc": vllm_engine.tcmalloc}
+    print(f"results: {record.save(figures, details)}")
+    print(summary_line(figures))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 - ``gae``: generalized advantage estimation with a critic, over steps (one value per step, the
   advantage then spread over each step's tokens with ``broadcast_to_tokens``) or over tokens.
 - Critic-free, one scalar reward per sequence, grouped ``[G, n]`` (G prompts, n samples each):
-  ``grpo_advantages``, ``rloo_advantages`` and ``lite_ppo_advantages``, registered in
-  ``SEQUENCE_ESTIMATORS`` under their names.
+  ``grpo_advantages``, ``rloo_advantages`` and ``lite_ppo_advantages`` (registered by name, with the
+  GAE estimators, in :mod:`llmac.rl.estimators`).
 - Shaping and normalisation: ``overlong_penalty`` (ByteDance DAPO) and ``masked_whiten``.
 
 Advantages are targets, so every function here runs without autograd.
@@ -12,16 +12,13 @@ Advantages are targets, so every function here runs without autograd.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from llmac.losses import masked_mean
-
-
-def _zeros_where_not(mask: Tensor, x: Tensor) -> Tensor:
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+from llmac.losses import zeros_where_not
 
 
 @torch.no_grad()
@@ -43,18 +40,18 @@ def gae(
         )
     if (mask[:, 1:] & ~mask[:, :-1]).any():
         raise ValueError("gae expects each row's valid positions to be a left-aligned prefix of the mask")
-    values = _zeros_where_not(mask, values)
-    rewards = _zeros_where_not(mask, rewards)
+    values = zeros_where_not(mask, values)
+    rewards = zeros_where_not(mask, rewards)
     advantages = torch.zeros_like(values)
     next_value = values.new_zeros(values.shape[0])
     next_advantage = values.new_zeros(values.shape[0])
     for k in reversed(range(values.shape[1])):
         delta = rewards[:, k] + gamma * next_value - values[:, k]
-        advantage = _zeros_where_not(mask[:, k], delta + gamma * lam * next_advantage)
+        advantage = zeros_where_not(mask[:, k], delta + gamma * lam * next_advantage)
         advantages[:, k] = advantage
         # Padded positions hold value 0 and advantage 0, so the last valid position sees a terminal.
         next_value, next_advantage = values[:, k], advantage
-    returns = _zeros_where_not(mask, advantages + values)
+    returns = zeros_where_not(mask, advantages + values)
     return advantages, returns
 
 
@@ -67,7 +64,7 @@ def broadcast_to_tokens(per_step: Tensor, token_step: Tensor) -> Tensor:
     """
     inside = token_step >= 0
     gathered = per_step.gather(1, token_step.clamp(min=0))
-    return _zeros_where_not(inside, gathered)
+    return zeros_where_not(inside, gathered)
 
 
 def _std(x: Tensor, dim: int | None = None) -> Tensor:
@@ -127,22 +124,26 @@ def overlong_penalty(lengths: Tensor, max_length: int, buffer: int) -> Tensor:
 
 
 @torch.no_grad()
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(
+    x: Tensor,
+    mask: Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    sum_over_processes: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Normalise ``x`` over the masked entries to zero mean and unit (biased) variance.
 
-    With ``shift_mean=False`` the mean is added back (only the scale changes). Masked-out entries
-    are 0.
+    ``(x - mean) / (std + eps)``; with ``shift_mean=False`` the mean is added back (only the scale
+    changes). Masked-out entries are 0. ``sum_over_processes`` sums the statistics (sum, sum of
+    squares, count) across processes, so every process whitens with the whole batch's mean and std.
     """
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    whitened = (x - mean) * torch.rsqrt(var + eps)
+    stats = torch.stack([zeros_where_not(mask, x).sum(), zeros_where_not(mask, x * x).sum(), mask.sum()])
+    if sum_over_processes is not None:
+        stats = sum_over_processes(stats)
+    total, squares, count = stats.tolist()
+    mean = total / max(count, 1)
+    std = math.sqrt(max(squares / max(count, 1) - mean * mean, 0.0))
+    whitened = (x - mean) / (std + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return _zeros_where_not(mask, whitened)
-
-
-SEQUENCE_ESTIMATORS: dict[str, Callable[..., Tensor]] = {
-    "grpo": grpo_advantages,
-    "rloo": rloo_advantages,
-    "lite_ppo": lite_ppo_advantages,
-}
+    return zeros_where_not(mask, whitened)

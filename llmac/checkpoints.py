@@ -2,7 +2,8 @@
 
 A checkpoint is ``<run_dir>/checkpoints/iter-<k>/``: accelerate's state (model, optimizer, RNG;
 DeepSpeed's sharded files under ZeRO) plus ``trainer_state.json``. It is written under a temporary
-name and renamed when complete, so a run killed while saving leaves the previous checkpoint intact.
+name and renamed when complete (swapped in whole if that iteration was saved before), so a run
+killed while saving leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+
+from llmac.outputs import move_into_place, recover_folder
 
 STATE_FILE = "trainer_state.json"
 _PREFIX = "iter-"
@@ -21,6 +24,8 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
+    for aside in checkpoint_dir(run_dir).glob(f".{_PREFIX}*.old-*"):
+        recover_folder(aside.parent / aside.name.split(".old-")[0].removeprefix("."))
     found = [p for p in checkpoint_dir(run_dir).glob(f"{_PREFIX}*") if (p / STATE_FILE).is_file()]
     return max(found, key=lambda p: int(p.name.removeprefix(_PREFIX)), default=None)
 
@@ -31,15 +36,14 @@ def save_checkpoint(accelerator, run_dir: str | Path, iteration: int, state: dic
     final = root / f"{_PREFIX}{iteration:06d}"
     partial = root / f".partial-{_PREFIX}{iteration:06d}"
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)  # a save killed before; ours by its name
         partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / STATE_FILE).write_text(json.dumps({"iteration": iteration, **state}, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
+        move_into_place(partial, final, "checkpoint")
         _prune(root, keep)
     accelerator.wait_for_everyone()
     return final

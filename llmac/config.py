@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from types import MappingProxyType
+
+from llmac.errors import ConfigError, LlmacError
+from llmac.validation import check_fields, require
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -17,18 +27,36 @@ class ModelConfig:
             "demo's tiny Qwen2 (character-level tokenizer trained on the task's text)."
         },
     )
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16."})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "float32, bfloat16, float16, or auto (the checkpoint's).",
+            "choices": ("float32", "bfloat16", "float16", "auto"),
+        },
+    )
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "range": "[1, inf)"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "range": "[1, inf)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout.", "range": "[0, 1)"})
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or comma-separated names."}
     )
-    tiny_hidden_size: int = field(default=128, metadata={"help": "model=tiny: width."})
-    tiny_num_layers: int = field(default=2, metadata={"help": "model=tiny: layers."})
-    tiny_num_heads: int = field(default=4, metadata={"help": "model=tiny: attention heads."})
-    tiny_intermediate_size: int = field(default=512, metadata={"help": "model=tiny: MLP width."})
+    tiny_hidden_size: int = field(default=128, metadata={"help": "model=tiny: width.", "range": "[1, inf)"})
+    tiny_num_layers: int = field(default=2, metadata={"help": "model=tiny: layers.", "range": "[1, inf)"})
+    tiny_num_heads: int = field(
+        default=4, metadata={"help": "model=tiny: attention heads.", "range": "[1, inf)"}
+    )
+    tiny_intermediate_size: int = field(
+        default=512, metadata={"help": "model=tiny: MLP width.", "range": "[1, inf)"}
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(
+            self,
+            self.tiny_hidden_size % self.tiny_num_heads == 0,
+            f"tiny_hidden_size ({self.tiny_hidden_size}) must be a multiple of tiny_num_heads ({self.tiny_num_heads})",
+        )
 
     def lora_settings(self):
         from llmac.models import LoraSettings
@@ -61,11 +89,60 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None, pr
     default: it must be known when they are built, since DeepSpeed's batch sizes are derived then.
     """
     from transformers import TrainingArguments
-    from trl import TrlParser
 
     from llmac.distributed import trainer_kwargs
 
-    parser = TrlParser(list(dataclass_types), prog=prog)
+    parser = _parser_class()(list(dataclass_types), prog=prog)
+    parser.error = partial(_refuse, prog or "llmac")  # argparse would print its usage and exit 2
     if any(issubclass(t, TrainingArguments) for t in dataclass_types):
-        parser.set_defaults(**trainer_kwargs())
-    return parser.parse_args_and_config(args=argv)
+        parser.set_defaults(**trainer_kwargs(), **_cpu_precision_defaults(dataclass_types, argv))
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except LlmacError:
+        raise
+    except ValueError as error:  # a field's own check (__post_init__), an unknown field
+        message = str(error)
+        if message.startswith("Some specified arguments are not used"):
+            message = f"unknown field(s) {message.partition(': ')[2]}"
+        _refuse(prog or "llmac", message)
+
+
+def _refuse(prog: str, message: str) -> None:
+    raise ConfigError(f"{prog}: {message} (`{prog} --help` lists the fields and their values)")
+
+
+def _cpu_precision_defaults(dataclass_types: Sequence[type], argv: Sequence[str] | None) -> dict:
+    """``bf16=False`` for trainer configs whose own default turns it on (TRL's), when no accelerator
+    is present: bf16 mixed precision needs a GPU, and TRL's default fails on CPU."""
+    import torch
+
+    accelerated = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    turns_on = any(
+        f.name == "bf16" and f.default is None for t in dataclass_types for f in dataclasses.fields(t)
+    )
+    if accelerated or not turns_on:
+        return {}
+    if not any(arg.partition("=")[0] == "--bf16" for arg in argv or ()):
+        logger.info("no GPU found: training in float32 (bf16=False; pass --bf16 true to override)")
+    return {"bf16": False}
+
+
+def _parser_class():
+    """TrlParser that keeps llmac's ``range`` metadata out of argparse and shows it in the help instead."""
+    from transformers import HfArgumentParser
+    from trl import TrlParser
+
+    from llmac.validation import RANGE
+
+    class ConfigParser(TrlParser):
+        @staticmethod
+        def _parse_dataclass_field(parser, field):
+            if RANGE in field.metadata:
+                metadata = dict(field.metadata)
+                spec = metadata.pop(RANGE)
+                metadata["help"] = f"{metadata.get('help', '')} Range: {spec}.".lstrip()
+                field = copy.copy(field)
+                field.metadata = MappingProxyType(metadata)
+            HfArgumentParser._parse_dataclass_field(parser, field)
+
+    return ConfigParser

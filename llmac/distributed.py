@@ -137,3 +137,28 @@ def reset_hf_deepspeed_config() -> None:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
+
+
+def sum_over_processes(value: torch.Tensor, accelerator) -> torch.Tensor:
+    """``value`` summed over every process (itself in a single process); every process must call it."""
+    if accelerator.num_processes == 1:
+        return value
+    return accelerator.reduce(value, reduction="sum")
+
+
+def mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
+    """Metrics over every process: the maximum for ``*_max`` keys, the mean for the others.
+
+    Every process must call it with the same keys.
+    """
+    if accelerator.num_processes == 1 or not metrics:
+        return metrics
+    import torch.distributed as dist
+
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    peaks = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+    means = (values / accelerator.num_processes).tolist()
+    return {k: (p if k.endswith("_max") else m) for k, m, p in zip(keys, means, peaks.tolist(), strict=True)}

@@ -1,4 +1,5 @@
-"""Accuracy metrics over rollouts: pass@1, pass@k and maj@k (majority vote over k samples).
+"""Accuracy metrics over rollouts: pass@1, pass@k, maj@k (majority vote over k samples) and the share
+of direct answers (no step before ``Answer:``).
 
 The metric functions are pure: they take per-prompt lists of rewards (and vote keys) so they can be
 tested on hand-made numbers; :func:`evaluate` wires them to an engine and a task.
@@ -53,6 +54,19 @@ def majority_at_k(rewards: Sequence[Sequence[float]], keys: Sequence[Sequence[st
     return correct / len(rewards)
 
 
+def is_direct_answer(completion: str, marker: str = "Answer:") -> bool:
+    """Whether ``completion`` gives its answer with no step before it (only whitespace before ``marker``)."""
+    before, found, _ = completion.partition(marker)
+    return bool(found) and not before.strip()
+
+
+def direct_answer_share(completions: Sequence[str]) -> float:
+    """Fraction of ``completions`` that answer directly (see :func:`is_direct_answer`)."""
+    if not completions:
+        raise ValueError("direct-answer share of no completions")
+    return sum(map(is_direct_answer, completions)) / len(completions)
+
+
 @dataclass
 class EvalResult:
     """Accuracy figures of one evaluation run."""
@@ -62,19 +76,21 @@ class EvalResult:
     pass_at_1: float
     pass_at_k: float
     maj_at_k: float
+    direct_answer_share: float  # of all samples: answered with no step before "Answer:"
 
     def summary(self) -> str:
         k = self.samples_per_prompt
         return (
             f"pass@1={self.pass_at_1:.4f} pass@{k}={self.pass_at_k:.4f} maj@{k}={self.maj_at_k:.4f} "
-            f"({self.num_prompts} prompts x {k} samples)"
+            f"direct={self.direct_answer_share:.4f} ({self.num_prompts} prompts x {k} samples)"
         )
 
 
 def metrics_from_rollouts(rollouts: Dataset, answer_keys: AnswerKeysFn) -> EvalResult:
     """Accuracy figures of a rollout dataset (see :mod:`llmac.rollouts` for its columns)."""
     groups = group_rows(rollouts["prompt_index"])
-    reward, key = list(rollouts["reward"]), answer_keys(list(rollouts["completion"]))
+    completions = list(rollouts["completion"])
+    reward, key = list(rollouts["reward"]), answer_keys(completions)
     rewards = [[reward[i] for i in g] for g in groups]
     keys = [[key[i] for i in g] for g in groups]
     return EvalResult(
@@ -83,6 +99,7 @@ def metrics_from_rollouts(rollouts: Dataset, answer_keys: AnswerKeysFn) -> EvalR
         pass_at_1=pass_at_1(rewards),
         pass_at_k=pass_at_k(rewards),
         maj_at_k=majority_at_k(rewards, keys),
+        direct_answer_share=direct_answer_share(completions),
     )
 
 

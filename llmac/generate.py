@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmac.config import parse_config
-from llmac.data.tasks import TaskConfig, load_task
+from llmac.data.tasks import SPLITS, TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
+from llmac.errors import ConfigError
 from llmac.evaluation import EvalResult, evaluate
 from llmac.files import write_text_atomically
+from llmac.outputs import (
+    check_output,
+    check_work_folder,
+    claim_output,
+    overwrite_field,
+    remove_own_folder,
+    write_marker,
+)
 from llmac.rewards import answer_keys, get_reward_fn
 from llmac.rollouts import sample_rollouts, save_dataset_atomically
+from llmac.validation import check_fields
 
 logger = logging.getLogger(__name__)
+SHARD_STAMP = "inputs.json"  # what rollouts.ShardStore writes into a shard folder it created
 
 
 @dataclass
@@ -25,18 +35,30 @@ class RolloutRunConfig:
     """What to sample from which actor, and where the results go."""
 
     model_name_or_path: str = field(default="", metadata={"help": "The actor: a local folder or Hub id."})
-    split: str = field(default="eval", metadata={"help": "Task split to sample: 'train' or 'eval'."})
-    num_samples: int = field(default=4, metadata={"help": "Completions per prompt (k of pass@k and maj@k)."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 is greedy."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Tokens per completion at most."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    split: str = field(
+        default="eval", metadata={"help": "Task split to sample: 'train', 'rl' or 'eval'.", "choices": SPLITS}
+    )
+    num_samples: int = field(
+        default=4, metadata={"help": "Completions per prompt (k of pass@k and maj@k).", "range": "[1, inf)"}
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature; 0 is greedy.", "range": "[0, inf)"}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass.", "range": "(0, 1]"})
+    max_new_tokens: int = field(
+        default=256, metadata={"help": "Tokens per completion at most.", "range": "[1, inf)"}
+    )
+    seed: int = field(default=0, metadata={"help": "Sampling seed.", "range": "[0, inf)"})
     reward: str = field(
         default="math", metadata={"help": "Reward function: a registered name or 'module:function'."}
     )
     output_dir: str | None = field(
         default=None, metadata={"help": "Where to write rollouts (and eval metrics)."}
     )
+    overwrite: bool = overwrite_field()
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
@@ -49,7 +71,7 @@ class RolloutRunConfig:
 
     def check(self) -> None:
         if not self.model_name_or_path:
-            raise SystemExit("llmac: --model_name_or_path is required")
+            raise ConfigError("llmac: --model_name_or_path is required (an actor folder or Hub id)")
 
 
 def generate_main(argv: Sequence[str] | None = None) -> Path:
@@ -58,8 +80,12 @@ def generate_main(argv: Sequence[str] | None = None) -> Path:
     )
     run.check()
     if not run.output_dir:
-        raise SystemExit("llmac generate: --output_dir is required")
-    shards = Path(run.output_dir + ".shards")  # finished batches, kept until the dataset is saved
+        raise ConfigError("llmac generate: --output_dir is required")
+    output = Path(run.output_dir)
+    shards = output.with_name(output.name + ".shards")  # finished batches, kept until the dataset is saved
+    inputs = [run.model_name_or_path, task.train_path, task.eval_path]
+    check_output(output, "generate", overwrite=run.overwrite, sources=inputs)
+    check_work_folder(shards, SHARD_STAMP, sources=inputs)
     engine = build_engine(run.model_name_or_path, engine_config)
     try:
         rollouts = sample_rollouts(
@@ -71,8 +97,8 @@ def generate_main(argv: Sequence[str] | None = None) -> Path:
         )
     finally:
         engine.close()
-    path = save_dataset_atomically(rollouts, run.output_dir)
-    shutil.rmtree(shards)
+    path = save_dataset_atomically(rollouts, output, "generate", overwrite=run.overwrite)
+    remove_own_folder(shards, "generate", stamp=SHARD_STAMP)
     logger.info(
         "wrote %d rollouts to %s (mean reward %.4f)",
         len(rollouts),
@@ -87,17 +113,24 @@ def eval_main(argv: Sequence[str] | None = None) -> EvalResult:
         [RolloutRunConfig, TaskConfig, EngineConfig], argv, prog="llmac eval"
     )
     run.check()
+    output = Path(run.output_dir) if run.output_dir else None
+    if output is not None:
+        inputs = [run.model_name_or_path, task.train_path, task.eval_path]
+        check_output(output, "eval", run.overwrite, inputs, resumable=lambda p: (p / "shards").is_dir())
+        claim_output(output, "eval")
     engine = build_engine(run.model_name_or_path, engine_config)
     try:
-        shards = Path(run.output_dir) / "shards" if run.output_dir else None
+        shards = output / "shards" if output is not None else None
         result, rollouts = evaluate(
             engine, load_task(task, run.split), run.sampling(), get_reward_fn(run.reward), answer_keys, shards
         )
     finally:
         engine.close()
     print(result.summary())
-    if run.output_dir:
-        save_dataset_atomically(rollouts, Path(run.output_dir) / "rollouts")
-        write_text_atomically(Path(run.output_dir) / "metrics.json", json.dumps(asdict(result), indent=2))
-        shutil.rmtree(shards)
+    if output is not None:
+        save_dataset_atomically(rollouts, output / "rollouts", "eval", overwrite=True)  # in our own folder
+        write_text_atomically(output / "metrics.json", json.dumps(asdict(result), indent=2))
+        remove_own_folder(shards, "eval", stamp=SHARD_STAMP)
+        write_marker(output, "eval", complete=True)
+        print(f"llmac eval: wrote rollouts and metrics.json to {output.resolve()}")
     return result

@@ -10,7 +10,8 @@ command runs the three in a row::
     llmac export --source runs/ppo-tiny/actor --output_dir exports/actor --push_to_hub me/tiny-ppo
 
 An export is written beside its destination and renamed into place, so an interrupted export never
-leaves a half-written folder that looks finished.
+leaves a half-written folder that looks finished. It never lands in, on or around its source, and it
+replaces an earlier export only with ``--overwrite`` (see :mod:`llmac.outputs`).
 """
 
 from __future__ import annotations
@@ -19,30 +20,26 @@ import json
 import logging
 import shutil
 import tempfile
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmac.data.loading import DataError, load_records
 from llmac.files import write_text_atomically
+from llmac.outputs import (
+    MARKER,
+    PRETRAINED_FILES,
+    check_output,
+    make_world_readable,
+    overwrite_field,
+    staged_folder,
+)
+from llmac.validation import check_fields, require
 
 logger = logging.getLogger(__name__)
 
 # A model folder's files the Hub copy keeps; training state (optimizer, RNG, checkpoints) stays home.
-MODEL_FILE_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    "*.safetensors",
-    "model.safetensors.index.json",
-    "tokenizer*",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "added_tokens.json",
-)
+MODEL_FILE_PATTERNS = PRETRAINED_FILES
 ROWS_PER_SHARD = 500_000
 
 
@@ -57,7 +54,10 @@ class ExportConfig:
     output_dir: str = field(default="", metadata={"help": "Where the Hub-ready folder is written."})
     kind: str = field(
         default="auto",
-        metadata={"help": "model, dataset or auto (a folder with config.json or an adapter is a model)."},
+        metadata={
+            "help": "model, dataset or auto (a folder with config.json or an adapter is a model).",
+            "choices": ("auto", "model", "dataset"),
+        },
     )
     push_to_hub: str | None = field(
         default=None,
@@ -79,12 +79,11 @@ class ExportConfig:
     commit_message: str = field(
         default="Upload with llmac export", metadata={"help": "The Hub commit message."}
     )
+    overwrite: bool = overwrite_field()
 
     def __post_init__(self) -> None:
-        if not self.source or not self.output_dir:
-            raise ValueError("llmac export needs --source and --output_dir")
-        if self.kind not in ("auto", "model", "dataset"):
-            raise ValueError(f"kind must be model, dataset or auto, got {self.kind!r}")
+        check_fields(self)
+        require(self, bool(self.source and self.output_dir), "llmac export needs --source and --output_dir")
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -96,27 +95,31 @@ def export_model(
     base_model: str | None = None,
     datasets: Sequence[str] = (),
     repo_id: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """A ``from_pretrained`` folder of ``source`` with a model card, at ``output_dir``.
 
-    ``repo_id`` names the model in its card (default: the output folder).
+    ``repo_id`` names the model in its card (default: the output folder's name). An existing
+    ``output_dir`` is replaced only if an earlier llmac command wrote it and ``overwrite`` is set.
 
     A LoRA adapter folder (``adapter_config.json``) is merged into its base model first. Metrics come
     from the run folder above ``source`` when it has a ``metrics.jsonl`` (``llmac ppo`` writes one).
     """
-    source = Path(source)
+    source, output_dir = Path(source), Path(output_dir)
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: no such model folder")
-    with _staging(output_dir) as staging:
+    check_output(output_dir, "export", overwrite=overwrite, sources=[source])
+    with staged_folder(output_dir, "export") as staging:
         if (source / "adapter_config.json").exists():
             adapter_base = _merge_adapter(source, staging)
             base_model = base_model or adapter_base
         else:
             _copy_model_files(source, staging)
-        name = repo_id or str(output_dir)
+        name = repo_id or output_dir.resolve().name
         card = model_card(staging, source, name, base_model=base_model, datasets=datasets)
         write_text_atomically(staging / "README.md", card)
-    return Path(output_dir)
+        make_world_readable(staging)
+    return output_dir
 
 
 def _copy_model_files(source: Path, destination: Path) -> None:
@@ -233,25 +236,33 @@ def _eval_metrics(row: dict) -> dict[str, float]:
 
 
 def export_dataset(
-    source: str | Path, output_dir: str | Path, description: str = "", repo_id: str | None = None
+    source: str | Path,
+    output_dir: str | Path,
+    description: str = "",
+    repo_id: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """``source`` (anything :func:`llmac.data.loading.load_records` reads) as Hub Parquet shards + card.
 
-    ``repo_id`` names the dataset in its card (default: the output folder).
+    ``repo_id`` names the dataset in its card (default: the output folder's name). An existing
+    ``output_dir`` is replaced only if an earlier llmac command wrote it and ``overwrite`` is set.
     """
+    output_dir = Path(output_dir)
+    check_output(output_dir, "export", overwrite=overwrite, sources=[source])
     dataset = load_records(source)
     if len(dataset) == 0:
         raise DataError(f"{source}: the dataset has no rows; nothing to export")
-    with _staging(output_dir) as staging:
+    with staged_folder(output_dir, "export") as staging:
         (staging / "data").mkdir()
         shards = max(1, -(-len(dataset) // ROWS_PER_SHARD))
         for index in range(shards):
             shard = dataset.shard(num_shards=shards, index=index, contiguous=True)
             shard.to_parquet(str(staging / "data" / f"train-{index:05d}-of-{shards:05d}.parquet"))
         write_text_atomically(
-            staging / "README.md", dataset_card(dataset, repo_id or str(output_dir), description)
+            staging / "README.md", dataset_card(dataset, repo_id or output_dir.resolve().name, description)
         )
-    return Path(output_dir)
+        make_world_readable(staging)
+    return output_dir
 
 
 def dataset_card(dataset, name: str, description: str = "") -> str:
@@ -298,7 +309,11 @@ def push_folder(
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     commit = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, commit_message=commit_message
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type=repo_type,
+        commit_message=commit_message,
+        ignore_patterns=[MARKER],
     )
     url = getattr(commit, "commit_url", None) or str(commit)
     logger.info("pushed %s to %s (%s)", folder, repo_id, url)
@@ -310,22 +325,6 @@ def push_model(source: str | Path, repo_id: str, private: bool = False, token: s
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_model(source, Path(tmp) / Path(source).name, repo_id=repo_id)
         return push_folder(folder, repo_id, private=private, token=token)
-
-
-@contextmanager
-def _staging(output_dir: str | Path) -> Iterator[Path]:
-    """A fresh folder beside ``output_dir``, moved to ``output_dir`` if the block ends without error."""
-    output_dir = Path(output_dir)
-    staging = output_dir.with_name(f".{output_dir.name}.{uuid.uuid4().hex}.tmp")
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    staging.rename(output_dir)
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -342,11 +341,18 @@ def run_export(config: ExportConfig) -> Path:
     if kind == "model":
         datasets = [d.strip() for d in (config.datasets or "").split(",") if d.strip()]
         folder = export_model(
-            source, config.output_dir, config.base_model, datasets, repo_id=config.push_to_hub
+            source,
+            config.output_dir,
+            config.base_model,
+            datasets,
+            repo_id=config.push_to_hub,
+            overwrite=config.overwrite,
         )
     else:
-        folder = export_dataset(source, config.output_dir, repo_id=config.push_to_hub)
-    logger.info("exported %s %s to %s", kind, source, folder)
+        folder = export_dataset(
+            source, config.output_dir, repo_id=config.push_to_hub, overwrite=config.overwrite
+        )
+    print(f"llmac export: wrote the {kind} {source} to {folder.resolve()}")
     if config.push_to_hub:
         push_folder(
             folder,

@@ -14,13 +14,14 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("token", "sequence")
 
 
-def _zeros_where_not(mask: Tensor, x: Tensor) -> Tensor:
+def zeros_where_not(mask: Tensor, x: Tensor) -> Tensor:
+    """``x`` where ``mask`` is True, 0 elsewhere (whatever ``x`` holds there, NaN included)."""
     return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
     """Sum of ``x`` over the entries where ``mask`` is True (over ``dim``, or everything if None)."""
-    masked = _zeros_where_not(mask, x)
+    masked = zeros_where_not(mask, x)
     return masked.sum() if dim is None else masked.sum(dim=dim)
 
 
@@ -121,9 +122,9 @@ def policy_loss(
     if not 0 <= clip_low < 1 or clip_high < 0:
         raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
     # Zero the log-ratio at padding before exp: a padded old logprob must not overflow to inf there.
-    log_ratio = _zeros_where_not(mask, logprobs - old_logprobs)
+    log_ratio = zeros_where_not(mask, logprobs - old_logprobs)
     ratio = torch.exp(log_ratio)
-    advantages = _zeros_where_not(mask, advantages)
+    advantages = zeros_where_not(mask, advantages)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
     per_token = -torch.minimum(unclipped, clipped)

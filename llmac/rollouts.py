@@ -9,13 +9,15 @@ the engine saw), ``sample_index`` (0..n-1),
 
 With a ``shard_dir``, every finished batch is written there at once (atomically), and a rerun with
 the same inputs loads those shards instead of sampling them again: a killed job loses at most the
-batch it was on.
+batch it was on. The inputs are the prompts, answers, sampling settings and batch size, the model's
+weights (a fingerprint of the engine's model folder), the reward function and the step delimiter;
+a rerun with any of them changed is refused rather than mixing two jobs' shards.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,9 +28,14 @@ from tqdm.auto import tqdm
 
 from llmac.data.loading import format_prompt
 from llmac.engines.base import Completion, RolloutEngine, SamplingConfig
+from llmac.errors import OutputError
 from llmac.files import write_text_atomically
+from llmac.fingerprints import engine_model_fingerprint, reward_fingerprint
+from llmac.rewards.checks import verify
 from llmac.rewards.registry import RewardFn
 from llmac.steps import split_steps
+
+logger = logging.getLogger(__name__)
 
 
 def sample_rollouts(
@@ -45,8 +52,11 @@ def sample_rollouts(
         raise ValueError("no rows to sample rollouts for")
     questions, answers = list(rows["question"]), list(rows["answer"])
     prompts = [format_prompt(engine.tokenizer, q) for q in questions]
-    shards = ShardStore(shard_dir, {"prompts": prompts, "answers": answers, "batch_size": batch_size,
-                                     "sampling": repr(sampling)}) if shard_dir else None  # fmt: skip
+    shards = None
+    if shard_dir is not None:
+        inputs = {"prompts": prompts, "answers": answers, "batch_size": batch_size, "sampling": repr(sampling),
+                  **job_fingerprint(engine, reward_fn)}  # fmt: skip
+        shards = ShardStore(shard_dir, inputs, job="rollout")
     done: list[Dataset] = []
     bar = tqdm(total=len(prompts), desc="rollouts", unit="prompt", disable=not progress)
     for number, start in enumerate(range(0, len(prompts), batch_size)):
@@ -62,10 +72,7 @@ def sample_rollouts(
         groups = engine.generate([prompts[i] for i in chunk], replace(sampling, seed=chunk_seed))
         texts = [c.text for group in groups for c in group]
         golds = [answers[i] for i, group in zip(chunk, groups, strict=True) for _ in group]
-        scores = reward_fn(texts, golds)
-        if len(scores) != len(texts):
-            raise ValueError(f"reward function returned {len(scores)} rewards for {len(texts)} completions")
-        rewards = iter(scores)
+        rewards = iter(verify(reward_fn, texts, golds))
         for i, group in zip(chunk, groups, strict=True):
             for k, completion in enumerate(group):
                 row = (i, questions[i], answers[i], prompts[i], k)
@@ -79,20 +86,36 @@ def sample_rollouts(
 
 
 class ShardStore:
-    """Finished batches of one rollout job on disk, tied to the job's inputs by a fingerprint."""
+    """Finished batches of one job on disk, tied to everything that changes their rows.
 
-    def __init__(self, directory: str | Path, inputs: dict) -> None:
+    ``inputs`` (JSON-able) is recorded in ``inputs.json`` when the store is created; reopening the
+    store with other inputs is refused (naming what changed) instead of mixing shards of two jobs.
+    A folder that exists but is neither empty nor a shard store is refused too: llmac does not
+    write shards among files it did not write.
+    """
+
+    STAMP = "inputs.json"
+
+    def __init__(self, directory: str | Path, inputs: dict, job: str = "rollout") -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fingerprint = json.dumps(inputs, sort_keys=True)
-        stamp = self.directory / "inputs.json"
-        if stamp.exists() and stamp.read_text() != fingerprint:
-            raise ValueError(
-                f"{self.directory} holds rollout shards of other prompts or sampling settings: "
-                "use another output directory or delete it"
+        stamp = self.directory / self.STAMP
+        if self.directory.is_dir() and not stamp.exists() and any(self.directory.iterdir()):
+            raise OutputError(
+                f"{self.directory} is not empty and holds no {job} shards (no {self.STAMP}): "
+                "llmac keeps shards only in a folder it created; choose another output folder"
             )
-        if not stamp.exists():
-            write_text_atomically(stamp, fingerprint)
+        inputs = json.loads(json.dumps(inputs, sort_keys=True, default=str))  # as it reads back
+        if stamp.exists():
+            recorded = _read_inputs(stamp)
+            changed = sorted(k for k in recorded.keys() | inputs.keys() if recorded.get(k) != inputs.get(k))
+            if changed:
+                raise OutputError(
+                    f"{self.directory} holds {job} shards of another job (changed: {', '.join(changed)}): "
+                    f"use another output folder, or delete {self.directory} to start this job over"
+                )
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(stamp, json.dumps(inputs, sort_keys=True))
 
     def load(self, number: int) -> Dataset | None:
         path = self.directory / f"shard-{number:05d}"
@@ -117,22 +140,44 @@ def _append(records, row: tuple, completion: Completion, reward: float, delimite
         records[key].append(value)
 
 
-def save_dataset_atomically(dataset: Dataset, output_dir: str | Path) -> Path:
-    """``save_to_disk`` into a temporary sibling, then rename: a reader never sees half a dataset."""
+def job_fingerprint(engine: RolloutEngine, reward_fn: RewardFn) -> dict:
+    """What besides its rows and settings decides a job's samples: the model, reward and delimiter."""
+    model = engine_model_fingerprint(engine)
+    if model is None:
+        logger.warning("the engine's weights cannot be fingerprinted: shards are not tied to the model")
+    return {"model": model, "reward": reward_fingerprint(reward_fn), "delimiter": engine.delimiter}
+
+
+def _read_inputs(stamp: Path) -> dict:
+    try:
+        recorded = json.loads(stamp.read_text())
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise OutputError(f"{stamp} is not a shard store's inputs record: delete its folder to start over")
+    return recorded
+
+
+def save_dataset_atomically(
+    dataset: Dataset, output_dir: str | Path, command: str = "dataset", overwrite: bool = False
+) -> Path:
+    """``save_to_disk`` into a temporary sibling, then rename: a reader never sees half a dataset.
+
+    An existing ``output_dir`` is replaced only if llmac wrote it and ``overwrite`` is set (see
+    :func:`llmac.outputs.check_output`); the folder is marked as ``llmac <command>``'s.
+    """
+    from llmac.outputs import check_output, staged_folder
+
     output_dir = Path(output_dir)
-    tmp = output_dir.with_name(output_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    check_output(output_dir, command, overwrite=overwrite)
     progress_bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # one bar per small shard would drown the job's own progress bar
     try:
-        dataset.save_to_disk(str(tmp))
+        with staged_folder(output_dir, command) as staging:
+            dataset.save_to_disk(str(staging))
     finally:
         if progress_bars:
             datasets.enable_progress_bars()
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    tmp.rename(output_dir)
     return output_dir
 
 

@@ -17,10 +17,12 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import SFTConfig, SFTTrainer
 
 from llmac.config import ModelConfig, parse_config
-from llmac.data.loading import format_prompt
+from llmac.data.loading import DataError, format_prompt
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.distributed import end_process_group
+from llmac.errors import ConfigError
 from llmac.models import build_tiny_model, load_actor, load_tokenizer, lora_config, train_tiny_tokenizer
+from llmac.outputs import OutputConfig, has_trainer_checkpoint, prepare_output, save_final_folder
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,10 @@ def build_actor(model_config: ModelConfig, task_config: TaskConfig, seed: int = 
 def sft_dataset(rows: Dataset, tokenizer) -> Dataset:
     """Prompt-completion rows (TRL's format): templated prompt, reference solution as completion."""
     if "solution" not in rows.column_names:
-        raise ValueError("SFT needs reference solutions: the task's rows have no 'solution' column")
+        raise DataError("SFT needs reference solutions: the task's rows have no 'solution' column")
     missing = [i for i, s in enumerate(rows["solution"]) if not s]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"SFT data: {len(missing)} rows have an empty 'solution' (first: row {missing[0] + 1})"
         )
     return rows.map(
@@ -55,36 +57,65 @@ def sft_dataset(rows: Dataset, tokenizer) -> Dataset:
 
 
 # What a `llmac sft` recipe fills, in order.
-CONFIG_CLASSES = (ModelConfig, TaskConfig, SFTConfig)
+CONFIG_CLASSES = (ModelConfig, TaskConfig, SFTConfig, OutputConfig)
 
 
-def run_sft(model_config: ModelConfig, task_config: TaskConfig, args: SFTConfig) -> Path:
-    """Train, save the final model (full weights) and tokenizer to ``args.output_dir``, return it."""
+def run_sft(
+    model_config: ModelConfig, task_config: TaskConfig, args: SFTConfig, overwrite: bool = False
+) -> Path:
+    """Train, save the final model (full weights) and tokenizer to ``args.output_dir``, return it.
+
+    A rerun resumes from the output's newest checkpoint; ``overwrite`` starts afresh over an earlier
+    llmac output, which stays whole until the new model replaces it (see :mod:`llmac.outputs`).
+    """
     lora = model_config.lora_settings()
     peft_config = lora_config(lora) if lora is not None else None
     if peft_config is not None and is_deepspeed_zero3_enabled():
         # merge_and_unload below needs whole weights; ZeRO-3 shards them.
-        raise ValueError("llmac sft: LoRA under DeepSpeed ZeRO-3 is not supported yet; use a ZeRO-2 config")
+        raise ConfigError("llmac sft: LoRA under DeepSpeed ZeRO-3 is not supported yet; use a ZeRO-2 config")
+    output_dir = Path(args.output_dir)
+    sources = [model_config.model_name_or_path, task_config.train_path, task_config.eval_path]
+    work = prepare_output(output_dir, "sft", overwrite, sources, resumable=has_trainer_checkpoint)
+    try:
+        args.output_dir = str(work)  # checkpoints go there; the final model goes to output_dir
+        return _train_and_save(model_config, task_config, args, peft_config, work, output_dir)
+    finally:
+        args.output_dir = str(output_dir)
+
+
+def _train_and_save(
+    model_config: ModelConfig,
+    task_config: TaskConfig,
+    args: SFTConfig,
+    peft_config,
+    work: Path,
+    output_dir: Path,
+) -> Path:
     model, tokenizer = build_actor(model_config, task_config, seed=args.seed)
     train_rows = sft_dataset(load_task(task_config, "train"), tokenizer)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_rows, processing_class=tokenizer, peft_config=peft_config
     )
-    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=bool(checkpoints) or None)
-    output_dir = Path(args.output_dir)
+    trainer.train(resume_from_checkpoint=has_trainer_checkpoint(work) or None)
     if peft_config is not None:
         trainer.model = trainer.model.merge_and_unload()
-    trainer.save_model(str(output_dir))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(output_dir)
+    main_process = trainer.is_world_process_zero()
+
+    def save(folder: Path) -> None:
+        args.output_dir = str(folder)  # what the Trainer pushes with push_to_hub
+        trainer.save_model(str(folder))
+        if main_process:
+            tokenizer.save_pretrained(folder)
+
+    save_final_folder(output_dir, "sft", save, main_process, trainer.accelerator.wait_for_everyone, work)
+    if main_process:
         logger.info("saved SFT'd actor to %s", output_dir)
     return output_dir
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    model_config, task_config, args = parse_config(CONFIG_CLASSES, argv, prog="llmac sft")
-    output_dir = run_sft(model_config, task_config, args)
+    model_config, task_config, args, output = parse_config(CONFIG_CLASSES, argv, prog="llmac sft")
+    output_dir = run_sft(model_config, task_config, args, overwrite=output.overwrite)
     end_process_group()
     return output_dir
 

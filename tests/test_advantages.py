@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from llmac.advantages import (
-    SEQUENCE_ESTIMATORS,
     broadcast_to_tokens,
     gae,
     grpo_advantages,
@@ -17,6 +16,8 @@ from llmac.advantages import (
     overlong_penalty,
     rloo_advantages,
 )
+from llmac.rl.estimators import ESTIMATORS, Estimator, get_estimator, register_estimator
+from llmac.rl.targets import step_gae_targets
 
 T, F = True, False
 NAN = float("nan")
@@ -113,7 +114,7 @@ def test_lite_ppo_advantages():
 @pytest.mark.parametrize("name", ["grpo", "rloo", "lite_ppo"])
 def test_equal_rewards_give_zero_advantages(name):
     rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
-    close(SEQUENCE_ESTIMATORS[name](rewards), [[0.0] * 4] * 2)
+    close(get_estimator(name).group_advantages(rewards), [[0.0] * 4] * 2)
 
 
 def test_single_sample_groups_do_not_give_nan():
@@ -144,9 +145,35 @@ def test_masked_whiten():
     assert abs(out.mean().item()) < 1e-5 and abs(out.var(unbiased=False).item() - 1) < 1e-4
 
 
-def test_sequence_estimators_registry():
-    assert dict(SEQUENCE_ESTIMATORS) == {
+def test_masked_whiten_over_processes_uses_the_whole_batchs_statistics():
+    x, mask = torch.randn(6, 5), torch.rand(6, 5) > 0.3
+    whole = masked_whiten(x, mask)
+    halves = [(x[:3], mask[:3]), (x[3:], mask[3:])]
+
+    def stats(part, part_mask):
+        kept = torch.where(part_mask, part, 0.0)
+        return torch.stack([kept.sum(), (kept * kept).sum(), part_mask.sum()])
+
+    # Each "process" whitens its half; the reduction adds the other half's sums, as an all-reduce would.
+    for i, (part, part_mask) in enumerate(halves):
+        other = stats(*halves[1 - i])
+        out = masked_whiten(part, part_mask, sum_over_processes=lambda s, other=other: s + other)
+        close(out, whole[3 * i : 3 * i + 3].tolist())
+
+
+def test_estimator_registry_says_what_each_estimator_needs():
+    assert {name: e.group_advantages for name, e in ESTIMATORS.items() if not e.needs_value_model} == {
         "grpo": grpo_advantages,
         "rloo": rloo_advantages,
         "lite_ppo": lite_ppo_advantages,
     }
+    assert {name: e.value_positions for name, e in ESTIMATORS.items() if e.needs_value_model} == {
+        "step_gae": "step_positions",
+        "token_gae": "completion_positions",
+    }
+    with pytest.raises(ValueError, match="already registered"):
+        register_estimator(Estimator("grpo", group_advantages=grpo_advantages))
+    with pytest.raises(ValueError, match="exactly one of"):
+        register_estimator(Estimator("both", group_advantages=grpo_advantages, targets=step_gae_targets))
+    with pytest.raises(ValueError, match="unknown advantage estimator 'vtrace'"):
+        get_estimator("vtrace")

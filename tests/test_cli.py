@@ -61,7 +61,53 @@ def test_bad_gold_answers_score_zero_and_are_counted(tiny_actor_dir, tmp_path):
     assert default_verifier().stats.unparsable_gold - before == 3
 
 
-def test_unknown_command_exits_with_usage(capsys):
+def test_unknown_command_exits_with_one_line_naming_the_commands(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train-the-world"])
-    assert "unknown command" in str(exc.value) and "generate" in str(exc.value)
+    assert exc.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unknown command 'train-the-world'" in line and "generate" in line
+
+
+def test_sft_without_a_recipe_trains_in_float32_on_cpu(tmp_path, caplog):
+    # TRL's SFTConfig turns bf16 on by default, which fails without a GPU; llmac picks float32 and says so.
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU default applies only without an accelerator")
+    out = tmp_path / "sft"
+    with caplog.at_level("INFO", logger="llmac"):
+        main(["sft", "--task", "arithmetic", "--num_train", "64", "--max_steps", "1",
+              "--per_device_train_batch_size", "8", "--report_to", "none", "--output_dir", str(out)])  # fmt: skip
+    assert (out / "config.json").is_file() and any(out.glob("*.safetensors"))
+    assert "training in float32" in caplog.text
+
+
+def test_the_demo_summarises_reward_notices_once_per_stage(caplog, monkeypatch):
+    import logging
+
+    from llmac.demo import RewardNotices
+    from llmac.rewards import math_rewards
+
+    monkeypatch.delenv("LLMAC_VERBOSE", raising=False)
+    level = logging.getLogger("llmac.rewards").level
+    notices = RewardNotices()
+    try:
+        with caplog.at_level(logging.INFO):
+            # one without an answer, one wrong, one right: only the first is a notice
+            assert math_rewards(["no answer here", "Answer: 5", "Answer: 5"], ["5", "6", "5"]) == [
+                0.0,
+                0.0,
+                1.0,
+            ]
+            notices.report("eval")
+            notices.report("idle")  # nothing new: no line
+    finally:
+        notices.close()
+    summaries = [r.getMessage() for r in caplog.records if "unread" in r.getMessage()]
+    assert summaries == ["rewards, eval stage: 1 of 3 answers scored 0.0 unread (1 no_answer)"]
+    per_batch = [
+        r for r in caplog.records if r.name.startswith("llmac.rewards") and r.levelno == logging.WARNING
+    ]
+    assert per_batch == []
+    assert logging.getLogger("llmac.rewards").level == level  # restored

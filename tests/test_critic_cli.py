@@ -105,7 +105,8 @@ def test_eval_and_inspect_on_rollouts(critic_dir, labels_dir, workdir, tiny_acto
 
 
 def test_unknown_subcommand_exits_with_usage(capsys):
-    with pytest.raises(SystemExit, match="unknown command 'lable'"):
+    with pytest.raises(SystemExit):
         llmac(["critic", "lable"])
+    assert "unknown command 'lable'" in capsys.readouterr().err
     llmac(["critic", "--help"])
     assert "label" in capsys.readouterr().out

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset, load_from_disk
+from model_copies import nudged_copy
 
 from llmac.critic.labelling import MCLabelConfig, label_steps, mc_step_labels, prefix_seed_offsets
 from llmac.data import arithmetic_dataset
 from llmac.engines import Completion, SamplingConfig
 from llmac.engines.hf import HFEngine
+from llmac.errors import OutputError
 from llmac.rewards import math_rewards
 from llmac.rollouts import sample_rollouts
 
@@ -176,7 +178,7 @@ def test_bad_input_is_refused_with_the_column_named():
     with pytest.raises(ValueError, match="none of the 1 solutions has a step"):
         rows = Dataset.from_dict({"question": ["q"], "answer": ["1"], "completion": ["  \n"]})
         label_steps(engine, rows, MCLabelConfig(), reward)
-    with pytest.raises(ValueError, match="num_rollouts must be >= 1"):
+    with pytest.raises(ValueError, match="MCLabelConfig.num_rollouts = 0: must be >= 1"):
         MCLabelConfig(num_rollouts=0)
 
 
@@ -235,6 +237,7 @@ class CrashingEngine:
     def __init__(self, engine, crash_on: int | None = None) -> None:
         self.engine, self.crash_on, self.calls = engine, crash_on, 0
         self.tokenizer, self.delimiter = engine.tokenizer, engine.delimiter
+        self.model_path = engine.model_path  # what the shard store fingerprints
 
     def continue_from(self, prompts, prefixes, sampling):
         self.calls += 1
@@ -253,13 +256,45 @@ def test_killed_labelling_job_resumes_to_the_same_dataset(hf_engine, rollouts, h
     assert engine.calls == 2  # 6 solutions in batches of 2: the first batch was loaded
     assert resumed.to_dict() == hf_labels.to_dict()
 
-    with pytest.raises(ValueError, match="holds shards of another job"):
+    with pytest.raises(OutputError, match=r"holds MC step-label shards of another job \(changed: config\)"):
         other = MCLabelConfig(num_rollouts=4, max_new_tokens=24, seed=8, batch_size=2)
         label_steps(hf_engine, rollouts, other, parity_reward, shard_dir=shards, progress=False)
 
 
+def odd_length_reward(texts, golds):
+    return [float(len(t) % 2 == 1) for t in texts]
+
+
+def test_a_labelling_rerun_with_another_model_or_reward_is_refused(
+    tiny_actor_dir, hf_engine, rollouts, hf_labels, tmp_path
+):
+    """The `critic label` case: labels of one actor or reward are never mixed with another's."""
+    shards = tmp_path / "labels"
+    with pytest.raises(KeyboardInterrupt):
+        label_steps(CrashingEngine(hf_engine, crash_on=2), rollouts, CONFIG, parity_reward, shard_dir=shards)
+    written = {p: p.stat().st_mtime_ns for p in shards.rglob("*")}
+
+    other_actor = HFEngine(nudged_copy(tiny_actor_dir, tmp_path / "other_actor"), dtype="float32")
+    with pytest.raises(
+        OutputError, match=r"labels holds MC step-label shards of another job \(changed: model\)"
+    ):
+        label_steps(other_actor, rollouts, CONFIG, parity_reward, shard_dir=shards, progress=False)
+    with pytest.raises(OutputError, match=r"\(changed: reward\)"):
+        label_steps(hf_engine, rollouts, CONFIG, odd_length_reward, shard_dir=shards, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in shards.rglob("*")} == written  # refused before any write
+
+    engine = CrashingEngine(hf_engine)
+    resumed = label_steps(engine, rollouts, CONFIG, parity_reward, shard_dir=shards, progress=False)
+    assert engine.calls == 2  # the first of three batches came from its shard
+    assert resumed.to_dict() == hf_labels.to_dict()
+
+
 REWARD_MODULE = """
+import os
+
 def parity_reward(texts, golds):
+    with open(os.environ["REWARD_CALLS"], "a") as log:  # one line per call: how many texts it scored
+        log.write(f"{len(texts)}\\n")
     return [float(len(t) % 2 == 0) for t in texts]
 """
 
@@ -278,11 +313,15 @@ def test_sigkilled_llmac_critic_label_resumes_to_the_same_dataset(tiny_actor_dir
         ]  # fmt: skip
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(tmp_path)}
-    subprocess.run(command(tmp_path / "uninterrupted"), env=env, check=True, capture_output=True)
+    calls = lambda run: (tmp_path / f"{run}.calls").read_text().split()  # noqa: E731
+    subprocess.run(command(tmp_path / "uninterrupted"), env={**env, "REWARD_CALLS": str(tmp_path / "whole.calls")},
+                   check=True, capture_output=True)  # fmt: skip
+    assert len(calls("whole")) == 2  # one verification call per batch of 2 solutions
 
     out = tmp_path / "labels"
     shards = tmp_path / "labels.partial" / "labels"
-    job = subprocess.Popen(command(out), env=env, stderr=subprocess.PIPE)
+    job = subprocess.Popen(command(out), env={**env, "REWARD_CALLS": str(tmp_path / "killed.calls")},
+                           stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (shards / "shard-00000").is_dir() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -291,8 +330,12 @@ def test_sigkilled_llmac_critic_label_resumes_to_the_same_dataset(tiny_actor_dir
     job.wait()
     assert not (shards / "shard-00001").exists() and not out.exists()
 
-    subprocess.run(command(out), env=env, check=True, capture_output=True)
+    subprocess.run(command(out), env={**env, "REWARD_CALLS": str(tmp_path / "resumed.calls")}, check=True,
+                   capture_output=True)  # fmt: skip
     assert load_from_disk(str(out)).to_dict() == load_from_disk(str(tmp_path / "uninterrupted")).to_dict()
+    # Seeds follow the prefix, so a rerun that ignored the saved shard would write the same labels: the
+    # rerun must have verified only the second batch (the first came from its shard).
+    assert calls("resumed") == calls("whole")[1:]
     assert not shards.exists()  # the finished job cleans up its shards
 
 

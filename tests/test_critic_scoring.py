@@ -52,24 +52,91 @@ def rows(arithmetic_rows):
     return arithmetic_rows.select(range(40))
 
 
-def test_single_pass_equals_per_prefix(critic, tokenizer, rows):
+def _prefix_texts(text: str, delimiter: str) -> list[str]:
+    """Each step's prefix of a response text, cut by hand: through the delimiter that ends the step (a blank
+    line after a step belongs to it; a leading one to the first step), the whole text for the last step."""
+    pieces = text.split(delimiter)
+    prefixes: list[str] = []
+    consumed = ""
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        consumed += piece if last else piece + delimiter
+        if piece.strip():
+            prefixes.append(consumed)
+        elif prefixes and not last:
+            prefixes[-1] = consumed
+    return prefixes
+
+
+@torch.no_grad()
+def _score_prefix_texts(critic, tokenizer, question: str, prefixes: list[str]) -> list[float]:
+    """The independent reference: each prefix's text tokenized on its own, one unpadded forward pass
+    each, the value read at its last token."""
+    prompt_ids = tokenizer(format_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
+    values = []
+    for prefix in prefixes:
+        ids = list(prompt_ids) + tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        logit = critic(input_ids=torch.tensor([ids])).logits[0, -1, 0]
+        values.append(torch.sigmoid(logit.float()).item())
+    return values
+
+
+@pytest.fixture(scope="module")
+def layouts(rows) -> tuple[list[str], list[str]]:
+    """Questions and responses, with layouts beyond the reference one in the first three."""
     responses = list(rows["solution"])
-    # Layouts beyond the reference one: a blank line, a trailing delimiter, a leading blank line.
-    responses[0] = responses[0].replace("\n", "\n\n", 1)
-    responses[1] += "\n"
-    responses[2] = "\n" + responses[2]
-    examples = [
-        encode_example(tokenizer, q, r, "\n") for q, r in zip(rows["question"], responses, strict=True)
+    responses[0] = responses[0].replace("\n", "\n\n", 1)  # a blank line
+    responses[1] += "\n"  # a trailing delimiter
+    responses[2] = "\n" + responses[2]  # a leading blank line
+    return list(rows["question"]), responses
+
+
+@pytest.fixture(scope="module")
+def prefix_text_values(critic, tokenizer, layouts) -> list[list[float]]:
+    questions, responses = layouts
+    critic.eval()  # as scoring runs it (no dropout)
+    return [
+        _score_prefix_texts(critic, tokenizer, q, _prefix_texts(r, "\n"))
+        for q, r in zip(questions, responses, strict=True)
     ]
+
+
+def test_prefix_cutter_by_hand():
+    assert _prefix_texts("a\n\nb", "\n") == ["a\n\n", "a\n\nb"]
+    assert _prefix_texts("a\nb\n", "\n") == ["a\n", "a\nb\n"]
+    assert _prefix_texts("\na\nb", "\n") == ["\na\n", "\na\nb"]
+    assert _prefix_texts("a\n\nb\n\nc", "\n\n") == ["a\n\n", "a\n\nb\n\n", "a\n\nb\n\nc"]
+
+
+def test_single_pass_equals_each_prefix_text_scored_on_its_own(
+    critic, tokenizer, layouts, prefix_text_values
+):
+    questions, responses = layouts
+    examples = [encode_example(tokenizer, q, r, "\n") for q, r in zip(questions, responses, strict=True)]
     single = score_examples(critic, examples, tokenizer.pad_token_id, batch_size=8)
-    per_prefix = score_prefixes_separately(critic, examples, tokenizer.pad_token_id, batch_size=8)
 
     assert [len(v) for v in single] == [len(clean_steps(r)) for r in responses]
     assert sum(len(v) for v in single) >= 3 * len(responses)
-    assert _max_difference(single, per_prefix) < 1e-4
+    assert _max_difference(single, prefix_text_values) < 1e-4
     flat = [v for vs in single for v in vs]
     assert all(0 < v < 1 for v in flat)
     assert max(flat) - min(flat) > 0.1  # the random head makes values differ, so agreement is not trivial
+    # The bench's per-prefix baseline (the same ids cut at the same positions) agrees too.
+    per_prefix = score_prefixes_separately(critic, examples, tokenizer.pad_token_id, batch_size=8)
+    assert _max_difference(per_prefix, prefix_text_values) < 1e-4
+
+
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_a_step_position_off_by_one_disagrees_with_the_prefix_texts(
+    critic, tokenizer, layouts, prefix_text_values, shift
+):
+    """What the test above guards against: reading each step one token early or late."""
+    questions, responses = layouts
+    examples = [encode_example(tokenizer, q, r, "\n") for q, r in zip(questions, responses, strict=True)]
+    for ex in examples:
+        ex.step_positions = [min(p + shift, len(ex.input_ids) - 1) for p in ex.step_positions]
+    shifted = score_examples(critic, examples, tokenizer.pad_token_id, batch_size=8)
+    assert _max_difference(shifted, prefix_text_values) > 1e-2
 
 
 def test_encode_example_step_positions_by_hand(tokenizer):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from safetensors.torch import load_file
 from synthetic_labels import labelled_dataset
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -276,6 +277,33 @@ def test_resume_continues_from_the_newest_checkpoint(trained, tmp_path, tiny_act
     # (this run does not evaluate on start), and steps 1-60 were not trained (or saved) again.
     assert trainer.state.log_history[0]["step"] == 0 and "eval_step_auc" in trainer.state.log_history[0]
     assert newest.stat().st_mtime_ns == written
+
+
+def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_weights(
+    trained, tmp_path, tiny_actor_dir, labelled_dir
+):
+    trainer, out = trained
+    killed = tmp_path / "critic"
+    # What a run killed between its checkpoints at steps 30 and 60 leaves behind (and no final weights).
+    shutil.copytree(
+        out, killed, ignore=lambda folder, names: ["checkpoint-60"] if Path(folder) == out else []
+    )
+    (killed / "model.safetensors").unlink()
+    data = CriticDataConfig(init_from=str(tiny_actor_dir), train_data=str(labelled_dir))
+    resumed = train_critic(
+        ModelConfig(), data, training_args(killed, eval_strategy="no", eval_on_start=False)
+    )
+    assert resumed.state.global_step == 60
+
+    uninterrupted = load_file(out / "model.safetensors")
+    at_30 = load_file(out / "checkpoint-30" / "model.safetensors")
+    weights = load_file(killed / "model.safetensors")
+    assert weights.keys() == uninterrupted.keys()
+    gap = max((weights[k] - uninterrupted[k]).abs().max().item() for k in weights)
+    moved = max((uninterrupted[k] - at_30[k]).abs().max().item() for k in weights)
+    # Steps 31-60 saw the batches the uninterrupted run saw, in its order (the sampler state, data
+    # position and RNG came back): the same weights, where training on anything else moves them by ~moved.
+    assert moved > 1e-2 and gap < 1e-5, (gap, moved)
 
 
 def test_continuing_a_critic_keeps_its_weights_and_delimiter(trained, tiny_actor_dir):

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
+from datasets import Dataset
+from model_copies import copy_with_new_mtimes, nudged_copy
 
 from llmac import demo
+from llmac.fingerprints import is_complete_model
 from llmac.metrics_log import MetricsLog
+from llmac.outputs import MARKER, write_marker
 
 PPO_RECIPE = """
 num_iterations: 2
@@ -70,3 +76,91 @@ def test_demo_runs_the_whole_spine_and_a_rerun_reuses_every_stage(tmp_path):
         "ppo_held_out_accuracy",
     ):
         assert as_json(again[key]) == as_json(results[key]), key
+
+
+# -- "already done" checks: a stage is skipped only for a complete output made from the same inputs ---
+def _rows(n: int) -> Dataset:
+    return Dataset.from_dict({"x": list(range(n))})
+
+
+def test_a_dataset_stage_is_redone_when_truncated_or_made_from_other_inputs(tmp_path):
+    path, built = tmp_path / "critic_labels", []
+
+    def build(shards: Path) -> Dataset:
+        built.append(shards)
+        shards.mkdir()  # where the sampler would keep its finished batches
+        return _rows(2000)
+
+    assert demo._stage_dataset(path, "key-1", build)["x"] == list(range(2000))
+    assert len(built) == 1 and not built[0].exists()  # its shards are gone once the dataset is saved
+    assert demo._stage_dataset(path, "key-1", build)["x"] == list(range(2000)) and len(built) == 1
+
+    (arrow,) = path.glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:-500])  # half-written: the stamp matches, the rows do not load
+    assert demo._stage_dataset(path, "key-1", build)["x"] == list(range(2000)) and len(built) == 2
+
+    demo._stage_dataset(path, "key-2", build)  # other inputs (or code): redone
+    assert len(built) == 3 and built[2].name.startswith("critic_labels.shards-key-2")  # shards per key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["critic_labels"]  # llmac's stale ones are gone
+
+    shutil.rmtree(path)
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")  # a folder llmac did not write: moved aside, not deleted
+    demo._stage_dataset(path, "key-2", build)
+    assert len(built) == 4 and (tmp_path / "critic_labels.stale-1" / "notes.txt").read_text() == "mine"
+
+
+def test_a_model_stage_is_redone_when_truncated_or_stale_and_resumed_when_interrupted(
+    tiny_actor_dir, tmp_path
+):
+    path, runs = tmp_path / "sft", []
+
+    def train() -> None:  # a trainer: claims its folder, resumes what is in it, writes the model there
+        runs.append(sorted(p.name for p in path.iterdir() if p.name != MARKER) if path.exists() else None)
+        path.mkdir(exist_ok=True)
+        write_marker(path, "sft")
+        shutil.copytree(tiny_actor_dir, path, dirs_exist_ok=True)
+
+    demo._model_stage(path, "key-1", train)
+    demo._model_stage(path, "key-1", train)
+    assert runs == [None]
+    assert not (tmp_path / ".sft.llmac-stage.json").exists()  # the running stamp is gone once done
+
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    demo._model_stage(path, "key-1", train)
+    assert runs == [None, None] and is_complete_model(path)
+
+    demo._model_stage(path, "key-2", train)  # another actor, task or code version
+    assert runs == [None, None, None]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft"]
+
+    # Killed mid-training with key 3: a rerun with key 3 resumes in the folder, one with key 4 does not.
+    def killed_run(key: str) -> None:
+        shutil.rmtree(path)
+        (path / "checkpoint-10").mkdir(parents=True)
+        write_marker(path, "sft")
+        (tmp_path / ".sft.llmac-stage.json").write_text(json.dumps({"key": key, "state": "running"}))
+
+    killed_run("key-3")
+    demo._model_stage(path, "key-3", train)
+    assert runs[-1] == ["checkpoint-10"]
+    killed_run("key-3")
+    demo._model_stage(path, "key-4", train)
+    assert runs[-1] is None
+
+    shutil.rmtree(path)
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+    demo._model_stage(path, "key-4", train)
+    assert runs[-1] is None and (tmp_path / "sft.stale-1" / "notes.txt").read_text() == "mine"
+
+
+def test_stage_keys_read_model_content_not_paths(tiny_actor_dir, tmp_path):
+    from llmac.config import ModelConfig
+
+    copy = copy_with_new_mtimes(tiny_actor_dir, tmp_path / "copy")
+    nudged = nudged_copy(tiny_actor_dir, tmp_path / "nudged")
+    key = lambda path: demo._config_inputs(ModelConfig(model_name_or_path=str(path)))  # noqa: E731
+    assert key(copy) == key(tiny_actor_dir) != key(nudged)
+    assert key("tiny") == {**key(copy), "model_name_or_path": "tiny"}

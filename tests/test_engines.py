@@ -22,6 +22,8 @@ from llmac.engines import EngineConfig, SamplingConfig, build_engine
 from llmac.engines.hf import HFEngine
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=96)
+# The README: in float32 vLLM's log-probs of the sampled tokens match the trainer's (max gap 2e-5).
+CLAIMED_GAP = 5e-5
 ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
 
 
@@ -93,7 +95,7 @@ def test_vllm_and_hf_agree_on_greedy_generation(vllm_engine, hf_engine, prompts,
         assert v.token_ids == h.token_ids
         assert (v.finish_reason, v.step_ends, v.text) == (h.finish_reason, h.step_ends, h.text)
         assert_well_formed(v, vllm_engine, GREEDY.max_new_tokens)
-    assert max_logprob_gap(vllm_out, hf_greedy) < 1e-3
+    assert max_logprob_gap(vllm_out, hf_greedy) < CLAIMED_GAP
     # the outputs are not trivial: several steps, ending at EOS
     assert sum(len(c.step_ends) >= 2 for c in hf_greedy) >= 8
     assert "stop" in {c.finish_reason for c in hf_greedy}
@@ -112,7 +114,7 @@ def test_vllm_and_hf_agree_on_one_greedy_step(vllm_engine, hf_engine, prompts):
     assert [c.token_ids for c in vllm_out] == [c.token_ids for c in hf_out]
     assert [c.finish_reason for c in vllm_out] == [c.finish_reason for c in hf_out]
     assert "step" in {c.finish_reason for c in hf_out}
-    assert max_logprob_gap(vllm_out, hf_out) < 1e-3
+    assert max_logprob_gap(vllm_out, hf_out) < CLAIMED_GAP
 
 
 @pytest.mark.vllm
@@ -128,7 +130,7 @@ def test_vllm_load_weights_matches_hf_on_the_new_weights(vllm_engine, tiny_actor
         after = [g[0] for g in vllm_engine.generate(prompts, GREEDY)]
         expected = [g[0] for g in new_hf.generate(prompts, GREEDY)]
         assert [c.token_ids for c in after] == [c.token_ids for c in expected]
-        assert max_logprob_gap(after, expected) < 1e-3
+        assert max_logprob_gap(after, expected) < CLAIMED_GAP
         assert (
             sum(a.token_ids != b.token_ids for a, b in zip(after, hf_greedy, strict=True))
             >= len(prompts) // 4
@@ -148,7 +150,7 @@ def test_logprobs_are_the_models_raw_logprobs_whatever_the_temperature(engine, h
     for prompt, group in zip(prompts[:6], groups, strict=True):
         for c in group:
             expected = teacher_forced_logprobs(hf_engine.model, engine.encode(prompt), c.token_ids)
-            assert max(abs(a - b) for a, b in zip(c.logprobs, expected, strict=True)) < 1e-3
+            assert max(abs(a - b) for a, b in zip(c.logprobs, expected, strict=True)) < CLAIMED_GAP
 
 
 @pytest.mark.parametrize("engine", ENGINES, indirect=True)
@@ -282,7 +284,7 @@ def test_build_engine_picks_the_named_backend(tiny_actor_dir):
     )
     assert isinstance(engine, HFEngine)
     assert (engine.batch_size, engine.delimiter, engine.model.dtype) == (8, ";", torch.float32)
-    with pytest.raises(ValueError, match="engine must be one of"):
+    with pytest.raises(ValueError, match="EngineConfig.engine = 'sglang': must be one of"):
         EngineConfig(engine="sglang")
 
 

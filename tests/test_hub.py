@@ -4,6 +4,7 @@ where they are told. No Hub here: pushing is checked against a recording stand-i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def test_exported_model_loads_with_transformers_and_its_card_tells_the_run(run_d
     out = hub.export_model(run_dir / "actor", tmp_path / "export", datasets=["openai/gsm8k"])
 
     assert sorted(p.name for p in out.iterdir()) == [
+        ".llmac.json",  # llmac's marker (`llmac export` wrote this folder); never uploaded
         "README.md",
         "chat_template.jinja",
         "config.json",
@@ -95,6 +97,18 @@ def test_model_folder_without_safetensors_is_refused_by_name(run_dir, tmp_path):
     assert not (tmp_path / "export").exists()
 
 
+def test_export_card_title_permissions_and_where_it_says_it_wrote(run_dir, tmp_path, capsys):
+    out = tmp_path / "exports" / "tiny-actor"
+    hub.main(["--source", str(run_dir / "actor"), "--output_dir", str(out)])
+    assert f"to {out.resolve()}" in capsys.readouterr().out
+    card = (out / "README.md").read_text()
+    assert "# tiny-actor\n" in card and str(tmp_path) not in card  # the folder's name, not a local path
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644 & ~umask, path.name
+
+
 def test_an_interrupted_export_leaves_the_previous_one_intact(run_dir, tmp_path, monkeypatch):
     out = hub.export_model(run_dir / "actor", tmp_path / "export")
     before = (out / "README.md").read_text()
@@ -104,7 +118,7 @@ def test_an_interrupted_export_leaves_the_previous_one_intact(run_dir, tmp_path,
 
     monkeypatch.setattr(hub, "model_card", crash)
     with pytest.raises(RuntimeError, match="killed mid-export"):
-        hub.export_model(run_dir / "actor", tmp_path / "export")
+        hub.export_model(run_dir / "actor", tmp_path / "export", overwrite=True)
     assert (out / "README.md").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]  # no staging folder left
 
@@ -162,6 +176,7 @@ def test_llmac_export_pushes_the_exported_folder(run_dir, tmp_path, monkeypatch)
         and upload["repo_type"] == "model"
     )
     assert "README.md" in upload["files"] and "training_args.bin" not in upload["files"]
+    assert upload["ignore_patterns"] == [".llmac.json"]  # the marker stays home
     card = ModelCard.load(out / "README.md")
     assert card.text.lstrip().startswith("# me/tiny") and 'from_pretrained("me/tiny")' in card.text
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmac.ppo.experience import Sample, build_token_batch, has_signal, token_steps
-from llmac.ppo.targets import (
+from llmac.rl.batch import Sample, build_token_batch, has_signal, token_steps
+from llmac.rl.targets import (
     sequence_targets,
     step_gae_targets,
     step_rewards,

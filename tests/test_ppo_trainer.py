@@ -23,7 +23,9 @@ from llmac.engines import EngineConfig
 from llmac.losses import entropy_from_logits
 from llmac.metrics_log import MetricsLog
 from llmac.ppo.config import PPOConfig
-from llmac.ppo.trainer import PPOTrainer, PromptOrder
+from llmac.ppo.trainer import PPOTrainer
+from llmac.rl.forward import completion_logits
+from llmac.rl.sampler import PromptOrder
 
 TESTS = Path(__file__).resolve().parent
 TASK = {"num_train": 256, "num_eval": 16}
@@ -89,33 +91,42 @@ def test_lora_run_syncs_merged_weights_and_saves_and_pushes_a_plain_model(
 
 
 def test_forward_passes_by_length_group_give_the_padded_batchs_outputs(tiny_actor_dir, tmp_path):
-    from llmac.ppo.experience import build_token_batch
+    from llmac.rl.batch import build_token_batch
 
     trainer = _trainer(tiny_actor_dir, tmp_path, advantage_estimator="step_gae", micro_batch_size=3)
-    groups, _ = trainer.rollouts(1)
+    groups, _ = trainer.sampler.rollouts(1)
     samples, _ = trainer.my_share(groups)
     batch = build_token_batch(samples, [s.reward for s in samples], trainer.tokenizer.pad_token_id)
     lengths = batch.attention_mask.sum(1)
     assert lengths.min() < lengths.max() and len(batch) % 3  # padding to cut, a short last group
     with torch.no_grad():
-        grouped = trainer._outputs(trainer.model, batch, with_value=True, entropy_grad=False)
+        grouped = trainer.forward.outputs(trainer.model, batch, with_value=True, entropy_grad=False)
         model = trainer.accelerator.unwrap_model(trainer.model)
         policy_logits = model.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         value_logits = model.value(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     trainer.close()
     tokens, positions = batch.completion_mask, batch.attention_mask.bool()
-    torch.testing.assert_close(grouped.logprobs[tokens], trainer._logprobs(policy_logits, batch)[tokens])
-    entropy = entropy_from_logits(trainer._completion_logits(policy_logits, batch))
+    torch.testing.assert_close(
+        grouped.logprobs[tokens], trainer.forward.logprobs(policy_logits, batch)[tokens]
+    )
+    entropy = entropy_from_logits(completion_logits(policy_logits, batch))
     torch.testing.assert_close(grouped.entropy[tokens], entropy[tokens])
     torch.testing.assert_close(
-        grouped.values[positions], trainer._values(value_logits.squeeze(-1))[positions]
+        grouped.values[positions], trainer.forward.values(value_logits.squeeze(-1))[positions]
     )
 
 
-def _command(actor: Path, out: Path, async_rollouts: bool = False) -> list[str]:
+RECIPE = TESTS.parent / "recipes" / "ppo" / "tiny_arithmetic.yaml"
+
+
+def _command(actor: Path, out: Path, async_rollouts: bool = False, recipe: bool = False) -> list[str]:
+    # The recipe's own path: vLLM in float32, the PPO ratio started from the engine's log-probs.
+    engine = ["--config", str(RECIPE), "--kv_cache_gib", "0.25"]
+    if not recipe:
+        engine = ["--engine", "hf", "--engine_dtype", "float32"]
     return [
-        sys.executable, "-m", "llmac", "ppo", "--model_name_or_path", str(actor), "--engine", "hf",
-        "--engine_dtype", "float32", "--num_train", "256", "--num_eval", "16", "--output_dir", str(out),
+        sys.executable, "-m", "llmac", "ppo", *engine, "--model_name_or_path", str(actor), "--num_train", "256",
+        "--num_eval", "16", "--output_dir", str(out),
         "--num_iterations", "4", "--checkpoint_every", "2", "--eval_every", "0", "--prompts_per_iteration", "8",
         "--samples_per_prompt", "4", "--max_new_tokens", "40", "--mini_batch_size", "16", "--ppo_epochs", "2",
         "--learning_rate", "1e-4", "--seed", "5", "--progress", "false", "--reward", "ppo_rewards:short",
@@ -123,10 +134,16 @@ def _command(actor: Path, out: Path, async_rollouts: bool = False) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("async_rollouts", [False, True], ids=["sync", "async"])
-def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tiny_actor_dir, tmp_path, async_rollouts):
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    command = lambda out: _command(tiny_actor_dir, out, async_rollouts)  # noqa: E731
+@pytest.mark.parametrize(
+    "async_rollouts, recipe",
+    [(False, False), (True, False), pytest.param(False, True, marks=pytest.mark.vllm)],
+    ids=["sync", "async", "recipe_vllm_engine_logprobs"],
+)
+def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(
+    tiny_actor_dir, tmp_path, async_rollouts, recipe
+):
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "VLLM_LOGGING_LEVEL": "WARNING"}
+    command = lambda out: _command(tiny_actor_dir, out, async_rollouts, recipe)  # noqa: E731
     subprocess.run(command(tmp_path / "whole"), env=env, check=True, capture_output=True)
 
     out = tmp_path / "killed"
@@ -157,20 +174,22 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tiny_actor_dir, 
     a = load_file(tmp_path / "whole" / "actor" / "model.safetensors")
     b = load_file(out / "actor" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    if recipe:  # the ratio started from vLLM's log-probs, checked on each iteration's first minibatch
+        assert all(r["engine_logprob_gap_max"] < 5e-5 for r in whole + resumed), whole + resumed
 
 
 def test_async_rollouts_are_sampled_one_update_behind(tiny_actor_dir, tmp_path):
     trainer = _trainer(tiny_actor_dir, tmp_path, async_rollouts=True, num_iterations=3, learning_rate=1e-3,
                        advantage_estimator="grpo", reward="ppo_rewards:short")  # fmt: skip
     sampled = {}
-    sample_batch = trainer._sample_batch
+    sample_batch = trainer.sampler.sample_batch
 
     def recording(number, cursor, completions):
         result = sample_batch(number, cursor, completions)
         sampled[number] = (cursor, completions, result[0])
         return result
 
-    trainer._sample_batch = recording
+    trainer.sampler.sample_batch = recording
     trainer.train()
     rows = MetricsLog(tmp_path / "run").read()
     assert sorted(sampled) == [1, 2, 3]
@@ -179,7 +198,7 @@ def test_async_rollouts_are_sampled_one_update_behind(tiny_actor_dir, tmp_path):
     fresh = _trainer(tiny_actor_dir, tmp_path / "fresh", num_iterations=3, learning_rate=1e-3,
                      advantage_estimator="grpo", reward="ppo_rewards:short")  # fmt: skip
     cursor, completions, groups = sampled[2]
-    again = fresh._sample_batch(2, cursor, completions)[0]
+    again = fresh.sampler.sample_batch(2, cursor, completions)[0]
     tokens = lambda gs: [s.token_ids for g in gs for s in g]  # noqa: E731
     assert tokens(again) == tokens(groups)
     fresh.close()
@@ -230,15 +249,15 @@ def test_an_all_filtered_batch_is_a_counted_skip(tiny_actor_dir, tmp_path):
 def test_long_prompts_are_skipped_and_counted(tiny_actor_dir, tmp_path):
     with pytest.raises(ValueError, match="every prompt is longer than max_prompt_length=4"):
         _trainer(tiny_actor_dir, tmp_path, max_prompt_length=4)
-    lengths = sorted(len(p) for p in _trainer(tiny_actor_dir, tmp_path).train_prompts)
+    lengths = sorted(len(p) for p in _trainer(tiny_actor_dir, tmp_path).sampler.train.ids)
     cap = lengths[len(lengths) // 2]
     trainer = _trainer(tiny_actor_dir, tmp_path, max_prompt_length=cap)
-    assert trainer.skipped_long_prompts == sum(n > cap for n in lengths) > 0
-    assert max(len(p) for p in trainer.train_prompts) <= cap
+    assert trainer.sampler.train.skipped == sum(n > cap for n in lengths) > 0
+    assert max(len(p) for p in trainer.sampler.train.ids) <= cap
 
 
 def test_bad_settings_are_refused(tiny_actor_dir, tmp_path):
-    with pytest.raises(ValueError, match="advantage_estimator must be one of"):
+    with pytest.raises(ValueError, match="PPOConfig.advantage_estimator = 'vtrace': must be one of"):
         _config(tmp_path, advantage_estimator="vtrace")
     with pytest.raises(ValueError, match="grpo needs samples_per_prompt >= 2"):
         _config(tmp_path, advantage_estimator="grpo", samples_per_prompt=1)
@@ -256,7 +275,7 @@ def test_bad_settings_are_refused(tiny_actor_dir, tmp_path):
     [
         {"advantage_estimator": "token_gae", "overlong_buffer": 8, "entropy_coef": 0.01, "kl_coef": 0.05},
         {"advantage_estimator": "rloo", "loss_aggregation": "sequence", "kl_coef": 0.05, "kl_in": "loss"},
-        {"advantage_estimator": "lite_ppo", "dynamic_sampling": True, "value_warmup_iterations": 1},
+        {"advantage_estimator": "lite_ppo", "dynamic_sampling": True},
         {"advantage_estimator": "step_gae", "process_reward_model": "CRITIC", "value_clip": 0.0},
     ],
     ids=["token_gae", "rloo", "lite_ppo", "process_reward"],

@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llmac.steps import (
-    broadcast_to_tokens,
     char_ends_to_token_ends,
     clean_steps,
     join_steps,
     split_steps,
+    spread_over_tokens,
     step_char_ends,
     step_spans,
     step_token_ends,
@@ -109,14 +109,14 @@ def test_token_char_ends_bytes_of_one_character():
     assert step_token_ends(ids, _byte_decode) == [1, 5]
 
 
-def test_broadcast_to_tokens_hand_cases():
-    assert broadcast_to_tokens([0.5, -1.0], [1, 4], 6) == [0.5, 0.5, -1.0, -1.0, -1.0, -1.0]  # EOS: last step
-    assert broadcast_to_tokens([2.0], [0], 3) == [2.0, 2.0, 2.0]
-    assert broadcast_to_tokens([], [], 2) == [0.0, 0.0]
+def test_spread_over_tokens_hand_cases():
+    assert spread_over_tokens([0.5, -1.0], [1, 4], 6) == [0.5, 0.5, -1.0, -1.0, -1.0, -1.0]  # EOS: last step
+    assert spread_over_tokens([2.0], [0], 3) == [2.0, 2.0, 2.0]
+    assert spread_over_tokens([], [], 2) == [0.0, 0.0]
     # two steps ending at one token: the token takes the first step's value
-    assert broadcast_to_tokens([1.0, 2.0, 3.0], [0, 0, 2], 3) == [1.0, 3.0, 3.0]
+    assert spread_over_tokens([1.0, 2.0, 3.0], [0, 0, 2], 3) == [1.0, 3.0, 3.0]
     with pytest.raises(ValueError, match="2 step values for 1 steps"):
-        broadcast_to_tokens([1.0, 2.0], [3], 5)
+        spread_over_tokens([1.0, 2.0], [3], 5)
 
 
 # ------------------------------------------------------------------------------------- properties

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,11 +17,23 @@ from llmac.config import parse_config
 from llmac.critic.evaluation import score_dataset, solutions_of
 from llmac.critic.labelling import MCLabelConfig, label_steps
 from llmac.data.loading import load_records
-from llmac.data.tasks import TaskConfig, load_task
+from llmac.data.tasks import SPLITS, TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
+from llmac.errors import ConfigError, OutputError
 from llmac.files import write_text_atomically
+from llmac.outputs import (
+    MARKER,
+    check_file_output,
+    check_output,
+    check_work_folder,
+    claim_output,
+    overwrite_field,
+    remove_own_folder,
+    write_marker,
+)
 from llmac.rewards import answer_keys, get_reward_fn
 from llmac.rollouts import sample_rollouts, save_dataset_atomically
+from llmac.validation import check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +67,25 @@ class LabelRunConfig:
         default=None,
         metadata={"help": "A rollout dataset (`llmac generate`) to label; omit to sample from the task."},
     )
-    split: str = field(default="train", metadata={"help": "Task split to sample solutions for."})
-    num_solutions: int = field(default=4, metadata={"help": "Solutions sampled per question."})
-    solution_temperature: float = field(default=1.0, metadata={"help": "Temperature of those solutions."})
-    solution_max_new_tokens: int = field(default=256, metadata={"help": "Tokens per solution at most."})
+    split: str = field(
+        default="train",
+        metadata={"help": "Task split to sample solutions for.", "choices": SPLITS},
+    )
+    num_solutions: int = field(
+        default=4, metadata={"help": "Solutions sampled per question.", "range": "[1, inf)"}
+    )
+    solution_temperature: float = field(
+        default=1.0, metadata={"help": "Temperature of those solutions.", "range": "[0, inf)"}
+    )
+    solution_max_new_tokens: int = field(
+        default=256, metadata={"help": "Tokens per solution at most.", "range": "[1, inf)"}
+    )
     reward: str = field(default="math", metadata={"help": "Reward function: registered name or 'module:fn'."})
     output_dir: str = field(default="", metadata={"help": "Where the labelled dataset is written."})
+    overwrite: bool = overwrite_field()
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 # What a `llmac critic label` recipe fills, in order.
@@ -71,9 +95,13 @@ LABEL_CONFIG_CLASSES = (LabelRunConfig, MCLabelConfig, TaskConfig, EngineConfig)
 def label_main(argv: Sequence[str] | None = None) -> Path:
     run, mc, task, engine_config = parse_config(LABEL_CONFIG_CLASSES, argv, prog="llmac critic label")
     if not run.model_name_or_path or not run.output_dir:
-        raise SystemExit("llmac critic label: --model_name_or_path and --output_dir are required")
+        raise ConfigError("llmac critic label: --model_name_or_path and --output_dir are required")
     output = Path(run.output_dir)
     work = output.with_name(output.name + ".partial")  # finished shards, kept until the end
+    inputs = [run.model_name_or_path, run.solutions, task.train_path, task.eval_path]
+    check_output(output, "critic label", overwrite=run.overwrite, sources=inputs)
+    check_work_folder(work, MARKER, sources=inputs)
+    claim_output(work, "critic label")
     reward_fn = get_reward_fn(run.reward)
     engine = build_engine(run.model_name_or_path, engine_config)
     try:
@@ -91,8 +119,8 @@ def label_main(argv: Sequence[str] | None = None) -> Path:
         labelled = label_steps(engine, solutions, mc, reward_fn, shard_dir=work / "labels")
     finally:
         engine.close()
-    save_dataset_atomically(labelled, output)
-    shutil.rmtree(work, ignore_errors=True)
+    save_dataset_atomically(labelled, output, "critic label", overwrite=run.overwrite)
+    remove_own_folder(work, "critic label")
     logger.info(
         "wrote %d labelled solutions (%d steps) to %s",
         len(labelled),
@@ -117,18 +145,26 @@ class CriticRunConfig:
         },
     )
     output: str = field(default="", metadata={"help": "Where to write the result."})
-    batch_size: int = field(default=32, metadata={"help": "Solutions per forward pass."})
-    threshold: float = field(default=0.5, metadata={"help": "A step valued below this is flagged as wrong."})
+    overwrite: bool = overwrite_field()
+    batch_size: int = field(default=32, metadata={"help": "Solutions per forward pass.", "range": "[1, inf)"})
+    threshold: float = field(
+        default=0.5, metadata={"help": "A step valued below this is flagged as wrong.", "range": "[0, 1]"}
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def require(self, *names: str, prog: str) -> None:
         missing = [f"--{n}" for n in names if not getattr(self, n)]
         if missing:
-            raise SystemExit(f"{prog}: {' and '.join(missing)} required")
+            raise ConfigError(f"{prog}: {' and '.join(missing)} required")
 
 
 def _load_critic(path: str):
     from llmac.critic.model import critic_delimiter, load_critic, load_critic_tokenizer
+    from llmac.paths import check_model_path
 
+    check_model_path(path, "critic folder", flag="critic")
     model = load_critic(path)
     return model, load_critic_tokenizer(path), critic_delimiter(model)
 
@@ -136,13 +172,16 @@ def _load_critic(path: str):
 def score_main(argv: Sequence[str] | None = None) -> Path:
     (run,) = parse_config([CriticRunConfig], argv, prog="llmac critic score")
     run.require("critic", "data", "output", prog="llmac critic score")
+    check_output(run.output, "critic score", overwrite=run.overwrite, sources=[run.critic, run.data])
     model, tokenizer, delimiter = _load_critic(run.critic)
     data = load_records(run.data)
     values = score_dataset(model, tokenizer, data, delimiter, run.batch_size)
     if "step_values" in data.column_names:
         data = data.remove_columns("step_values")
-    path = save_dataset_atomically(data.add_column("step_values", values), run.output)
-    logger.info("scored %d solutions into %s", len(values), path)
+    path = save_dataset_atomically(
+        data.add_column("step_values", values), run.output, "critic score", overwrite=run.overwrite
+    )
+    print(f"llmac critic score: wrote {len(values)} scored solutions to {path.resolve()}")
     return path
 
 
@@ -161,10 +200,14 @@ class CriticEvalConfig:
         default=None, metadata={"help": "Rollouts with n samples per question (`llmac generate`): best-of-n."}
     )
     threshold: float = field(
-        default=0.5, metadata={"help": "Label threshold for AUC; value threshold for F1."}
+        default=0.5, metadata={"help": "Label threshold for AUC; value threshold for F1.", "range": "[0, 1]"}
     )
-    batch_size: int = field(default=32, metadata={"help": "Solutions per forward pass."})
+    batch_size: int = field(default=32, metadata={"help": "Solutions per forward pass.", "range": "[1, inf)"})
     output_dir: str | None = field(default=None, metadata={"help": "Where to write metrics.json."})
+    overwrite: bool = overwrite_field()
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def evaluate_critic(model, tokenizer, delimiter: str, config: CriticEvalConfig) -> dict:
@@ -172,7 +215,7 @@ def evaluate_critic(model, tokenizer, delimiter: str, config: CriticEvalConfig) 
     from llmac.critic.evaluation import evaluate_on_labels, evaluate_selection
 
     if not config.labels and not config.rollouts:
-        raise SystemExit("llmac critic eval: give --labels, --rollouts or both")
+        raise ConfigError("llmac critic eval: give --labels, --rollouts or both")
     metrics: dict = {}
     if config.labels:
         labelled = load_records(config.labels)
@@ -190,12 +233,18 @@ def evaluate_critic(model, tokenizer, delimiter: str, config: CriticEvalConfig) 
 def eval_main(argv: Sequence[str] | None = None) -> dict:
     (config,) = parse_config([CriticEvalConfig], argv, prog="llmac critic eval")
     if not config.critic:
-        raise SystemExit("llmac critic eval: --critic is required")
+        raise ConfigError("llmac critic eval: --critic is required")
+    if config.output_dir:
+        inputs = [config.critic, config.labels, config.rollouts]
+        check_output(config.output_dir, "critic eval", overwrite=config.overwrite, sources=inputs)
     model, tokenizer, delimiter = _load_critic(config.critic)
     metrics = evaluate_critic(model, tokenizer, delimiter, config)
     print(json.dumps(metrics, indent=2))
     if config.output_dir:
-        write_text_atomically(Path(config.output_dir) / "metrics.json", json.dumps(metrics, indent=2))
+        output = claim_output(config.output_dir, "critic eval")
+        write_text_atomically(output / "metrics.json", json.dumps(metrics, indent=2))
+        write_marker(output, "critic eval", complete=True)
+        print(f"llmac critic eval: wrote {(output / 'metrics.json').resolve()}")
     return metrics
 
 
@@ -206,7 +255,9 @@ def eval_main(argv: Sequence[str] | None = None) -> dict:
 class InspectConfig(CriticRunConfig):
     """Which solutions the HTML page shows."""
 
-    max_solutions: int = field(default=200, metadata={"help": "Show at most this many solutions."})
+    max_solutions: int = field(
+        default=200, metadata={"help": "Show at most this many solutions.", "range": "[1, inf)"}
+    )
 
 
 def inspect_main(argv: Sequence[str] | None = None) -> Path:
@@ -214,11 +265,30 @@ def inspect_main(argv: Sequence[str] | None = None) -> Path:
 
     (run,) = parse_config([InspectConfig], argv, prog="llmac critic inspect")
     run.require("critic", "data", "output", prog="llmac critic inspect")
+    check_inspector_output(Path(run.output), run.overwrite, sources=[run.critic, run.data])
     model, tokenizer, delimiter = _load_critic(run.critic)
     data = load_records(run.data)
     data = data.select(range(min(run.max_solutions, len(data))))
     values = score_dataset(model, tokenizer, data, delimiter, run.batch_size)
-    return write_inspector(run.output, inspector_records(data, values, delimiter), threshold=run.threshold)
+    records = inspector_records(data, values, delimiter)
+    path = write_inspector(run.output, records, threshold=run.threshold)
+    print(f"llmac critic inspect: wrote {len(records)} solutions to {path.resolve()}")
+    return path
+
+
+def check_inspector_output(path: Path, overwrite: bool, sources) -> None:
+    """An existing file at ``path`` is replaced only if it is an inspector page and ``overwrite`` is set."""
+    check_file_output(path, "critic inspect", sources)
+    if not path.exists():
+        return
+    page = path.read_bytes().decode("utf-8", "replace")
+    if not (page.startswith("<!DOCTYPE html>") and 'id="only-flagged"' in page):
+        raise OutputError(
+            f"{path} exists and is not a page `llmac critic inspect` wrote: it will not replace it, even "
+            "with --overwrite; choose another --output"
+        )
+    if not overwrite:
+        raise OutputError(f"{path} holds an earlier inspector page: pass --overwrite to replace it")
 
 
 def inspector_records(data, values: list[list[float]], delimiter: str) -> list[dict]:

@@ -25,8 +25,8 @@ VLLMEngine's per-request seeds), so with vLLM the labels do not depend on how ro
 HFEngine seeds its generator once per call, so its samples depend on the batch (same
 ``batch_size``, same labels). With a ``shard_dir`` every finished batch is saved at once and a rerun
 continues after the last saved batch: the result equals an uninterrupted run with the same seed.
-Shards are tied to the solutions, the delimiter and the config (a mismatch is refused), not to the
-model or the reward function.
+Shards are tied to the solutions, the config, the delimiter, the model's weights and the reward
+function (:func:`llmac.rollouts.job_fingerprint`): a rerun with any of them changed is refused.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ from tqdm.auto import tqdm
 
 from llmac.data.loading import format_prompt
 from llmac.engines.base import PromptLike, RolloutEngine, SamplingConfig
-from llmac.rollouts import RewardFn, ShardStore
+from llmac.rewards.checks import verify
+from llmac.rollouts import RewardFn, ShardStore, job_fingerprint
 from llmac.steps import clean_steps, join_steps, split_steps, step_spans
+from llmac.validation import check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +68,34 @@ class MCLabelConfig:
     """Monte-Carlo step labelling (Math-Shepherd): how many continuations, how they are sampled."""
 
     num_rollouts: int = field(
-        default=8, metadata={"help": "N: continuations sampled per step prefix (8 in Math-Shepherd)."}
+        default=8,
+        metadata={
+            "help": "N: continuations sampled per step prefix (8 in Math-Shepherd).",
+            "range": "[1, inf)",
+        },
     )
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the continuations."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass of the continuations."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated at most per continuation."})
+    temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature of the continuations.", "range": "[0, inf)"}
+    )
+    top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling mass of the continuations.", "range": "(0, 1]"}
+    )
+    max_new_tokens: int = field(
+        default=256, metadata={"help": "Tokens generated at most per continuation.", "range": "[1, inf)"}
+    )
     seed: int = field(
-        default=0, metadata={"help": "Base seed; each prefix's continuations get seeds derived from it."}
+        default=0,
+        metadata={
+            "help": "Base seed; each prefix's continuations get seeds derived from it.",
+            "range": "[0, inf)",
+        },
     )
     batch_size: int = field(
         default=64,
-        metadata={"help": "Solutions per engine call and per shard (all their prefixes go in one call)."},
+        metadata={
+            "help": "Solutions per engine call and per shard (all their prefixes go in one call).",
+            "range": "[1, inf)",
+        },
     )
     correct_threshold: float = field(
         default=0.5,
@@ -86,11 +105,7 @@ class MCLabelConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.num_rollouts < 1:
-            raise ValueError(f"MCLabelConfig.num_rollouts must be >= 1, got {self.num_rollouts}")
-        if self.batch_size < 1:
-            raise ValueError(f"MCLabelConfig.batch_size must be >= 1, got {self.batch_size}")
-        self.sampling(0)  # SamplingConfig checks temperature, top_p and max_new_tokens
+        check_fields(self)
 
     def sampling(self, seed: int) -> SamplingConfig:
         """The sampling settings of one engine call whose first continuation has seed ``seed``."""
@@ -256,8 +271,8 @@ def label_steps(
     shards = None
     if shard_dir is not None:
         inputs = {"job": "mc-step-labels", "solutions_sha256": source.digest, "rows": len(solutions),
-                  "layout": source.layout, "delimiter": engine.delimiter}  # fmt: skip
-        shards = _open_shards(shard_dir, {**inputs, "config": asdict(config)})
+                  "layout": source.layout, "config": asdict(config), **job_fingerprint(engine, reward_fn)}  # fmt: skip
+        shards = ShardStore(shard_dir, inputs, job="MC step-label")
     done: list[Dataset] = []
     bar = tqdm(total=len(labelled), desc="MC step labels", unit="solution", disable=not progress)
     for number, start in enumerate(range(0, len(labelled), config.batch_size)):
@@ -271,16 +286,6 @@ def label_steps(
         bar.update(len(rows))
     bar.close()
     return concatenate_datasets(done)
-
-
-def _open_shards(directory: str | Path, inputs: dict) -> ShardStore:
-    try:
-        return ShardStore(directory, inputs)
-    except ValueError as exc:
-        raise ValueError(
-            f"{directory} holds shards of another job (other solutions or MCLabelConfig): "
-            "use another directory or delete it"
-        ) from exc
 
 
 def _label_batch(
@@ -299,9 +304,7 @@ def _label_batch(
     # The whole solutions are verified in the same call as the continuations.
     texts += [s.text for s in batch]
     golds += [s.answer for s in batch]
-    rewards = reward_fn(texts, golds)
-    if len(rewards) != len(texts):
-        raise ValueError(f"reward function returned {len(rewards)} rewards for {len(texts)} texts")
+    rewards = verify(reward_fn, texts, golds)
     correct = [float(r) >= config.correct_threshold for r in rewards]
     outcomes = rewards[len(prefixes) * n :]
     records: dict[str, list] = {key: [] for key in LABEL_FEATURES}

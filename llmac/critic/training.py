@@ -36,8 +36,12 @@ from llmac.critic.data import (
 from llmac.critic.metrics import roc_auc
 from llmac.critic.model import critic_delimiter, init_critic, load_critic, load_critic_tokenizer
 from llmac.distributed import end_process_group
+from llmac.errors import ConfigError
 from llmac.models import lora_config
+from llmac.outputs import OutputConfig, has_trainer_checkpoint, prepare_output, save_final_folder
+from llmac.paths import check_model_path
 from llmac.steps import DEFAULT_DELIMITER
+from llmac.validation import check_fields, require
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +63,8 @@ class CriticConfig(TrainingArguments):
         default="soft",
         metadata={
             "help": "'soft': BCE against the MC soft labels m (-m log v - (1-m) log(1-v)); 'hard': BCE against "
-            "the 0/1 hard labels (PRM style)."
+            "the 0/1 hard labels (PRM style).",
+            "choices": LABEL_TYPES,
         },
     )
     last_step_only: bool = field(
@@ -70,14 +75,16 @@ class CriticConfig(TrainingArguments):
         default=1024,
         metadata={
             "help": "Truncate question + solution to this many tokens; steps ending past it are dropped from "
-            "the loss (and counted in the log). None: no truncation."
+            "the loss (and counted in the log). None: no truncation.",
+            "range": "[2, inf)",
         },
     )
     eval_fraction: float = field(
         default=0.05,
         metadata={
             "help": "Fraction of the training prompts held out for evaluation when no eval_data is given "
-            "(all solutions of a prompt go to the same side). 0 disables evaluation."
+            "(all solutions of a prompt go to the same side). 0 disables evaluation.",
+            "range": "[0, 1)",
         },
     )
     remove_unused_columns: bool = field(
@@ -88,12 +95,7 @@ class CriticConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.label_type not in LABEL_TYPES:
-            raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {self.label_type!r}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"max_length must be >= 2 or None, got {self.max_length}")
+        check_fields(self)  # llmac's fields; TrainingArguments checks its own below
         if self.label_names is None:
             self.label_names = ["labels"]
         if not torch.cuda.is_available():
@@ -129,7 +131,8 @@ class CriticDataConfig:
         metadata={
             "help": "Starting from an actor: decoder layers added on top of its backbone, initialised as the "
             "identity. A critic no deeper than the actor cannot compare the actor's next-token prediction "
-            "with the token written; one or two more layers can."
+            "with the token written; one or two more layers can.",
+            "range": "[0, inf)",
         },
     )
     delimiter: str | None = field(
@@ -139,6 +142,10 @@ class CriticDataConfig:
             f"else {DEFAULT_DELIMITER!r}."
         },
     )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(self, self.delimiter is None or bool(self.delimiter), "delimiter must be non-empty (or None)")
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -194,17 +201,28 @@ def step_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------- model
 
 
+def check_init_from(init_from: str | Path) -> None:
+    """Refuse, offline and at once, an ``init_from`` that cannot be a model: 'tiny' or a missing folder."""
+    if str(init_from) == "tiny":  # an actor is built from a task's text; a critic needs a trained one
+        raise ConfigError(
+            "init_from='tiny': a critic starts from a saved actor folder (its backbone; e.g. runs/demo/sft "
+            "or `llmac sft --model_name_or_path tiny` output) or from a critic folder to continue"
+        )
+    check_model_path(init_from, flag="init_from")
+
+
 def start_critic(
     init_from: str | Path, delimiter: str | None, dtype: str = "float32", extra_layers: int = 0
 ) -> tuple[PreTrainedModel, str]:
     """``(critic, delimiter)``: a new critic on an actor's backbone, or an existing critic to continue."""
+    check_init_from(init_from)
     config = AutoConfig.from_pretrained(str(init_from))
     architectures = list(getattr(config, "architectures", None) or [])
     if any(a.endswith("ForTokenClassification") for a in architectures):
         model = load_critic(init_from, dtype)  # raises for token classifiers that are not critics
         own = critic_delimiter(model)
         if delimiter is not None and delimiter != own:
-            raise ValueError(
+            raise ConfigError(
                 f"{init_from} is a critic trained with step delimiter {own!r}, but delimiter={delimiter!r} was "
                 "given; continue with its own delimiter (leave delimiter unset) or start from an actor"
             )
@@ -213,7 +231,7 @@ def start_critic(
         delimiter = DEFAULT_DELIMITER if delimiter is None else delimiter
         model = init_critic(init_from, delimiter, dtype, extra_layers)
         return model, delimiter
-    raise ValueError(
+    raise ConfigError(
         f"{init_from}: architectures {architectures} are neither a causal LM (an actor to start a critic "
         "from) nor a token classifier (a critic to continue)"
     )
@@ -287,31 +305,38 @@ def training_data(
     return train.dataset, None
 
 
-def train_critic(model_config: ModelConfig, data_config: CriticDataConfig, args: CriticConfig) -> Trainer:
+def train_critic(
+    model_config: ModelConfig, data_config: CriticDataConfig, args: CriticConfig, overwrite: bool = False
+) -> Trainer:
     """Train (resuming from ``args.output_dir``'s newest checkpoint), evaluate, save the final critic.
 
     The saved critic (full weights, LoRA merged, tokenizer right-padded) loads with plain
     ``AutoModelForTokenClassification.from_pretrained``. Returns the trainer, whose ``model`` is the
-    trained critic.
+    trained critic. ``overwrite`` starts afresh over an earlier llmac output (see :mod:`llmac.outputs`).
     """
+    check_init_from(data_config.init_from)
     if model_config.model_name_or_path not in ("tiny", data_config.init_from):
-        raise ValueError(
+        raise ConfigError(
             f"llmac critic train starts from init_from ({data_config.init_from!r}); model_name_or_path "
             f"({model_config.model_name_or_path!r}) is not used, leave it unset"
         )
     peft_config = critic_lora_config(model_config)
     if peft_config is not None and is_deepspeed_zero3_enabled():
         # merge_and_unload below needs whole weights; ZeRO-3 shards them.
-        raise ValueError(
+        raise ConfigError(
             "llmac critic train: LoRA under DeepSpeed ZeRO-3 is not supported yet; use a ZeRO-2 config"
         )
+    output_dir = Path(args.output_dir)
+    sources = [data_config.init_from, data_config.train_data, data_config.eval_data]
+    work = prepare_output(output_dir, "critic train", overwrite, sources, resumable=has_trainer_checkpoint)
+    args.output_dir = str(work)  # checkpoints and eval results go there; the critic to output_dir
     tokenizer = load_critic_tokenizer(data_config.init_from)
     model, delimiter = start_critic(
         data_config.init_from, data_config.delimiter, model_config.dtype, data_config.extra_layers
     )
     train_dataset, eval_dataset = training_data(data_config, tokenizer, delimiter, args)
     if eval_dataset is None and args.eval_strategy != "no":
-        raise ValueError(
+        raise ConfigError(
             f"eval_strategy={args.eval_strategy!r} needs evaluation data: give eval_data or eval_fraction > 0"
         )
     if peft_config is not None:
@@ -319,11 +344,11 @@ def train_critic(model_config: ModelConfig, data_config: CriticDataConfig, args:
 
         model = get_peft_model(model, peft_config)
     trainer = build_trainer(model, tokenizer, args, train_dataset, eval_dataset)
-    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=bool(checkpoints) or None)
+    trainer.train(resume_from_checkpoint=has_trainer_checkpoint(work) or None)
     if eval_dataset is not None:
         final_eval(trainer)
-    save_critic(trainer, Path(args.output_dir))
+    save_critic(trainer, output_dir, work)
+    args.output_dir = str(output_dir)
     return trainer
 
 
@@ -341,36 +366,51 @@ def final_eval(trainer: Trainer) -> dict[str, float]:
     return metrics
 
 
-def save_critic(trainer: Trainer, output_dir: Path) -> None:
-    """Save the trained critic and its tokenizer; every process must call it (ZeRO-3 gathers weights)."""
+def save_critic(trainer: Trainer, output_dir: Path, work: Path | None = None) -> None:
+    """Save the trained critic and its tokenizer; every process must call it (ZeRO-3 gathers weights).
+
+    The critic is written beside ``output_dir`` and swapped in whole (:func:`llmac.outputs.save_final_folder`),
+    with the checkpoints and results the run kept in ``work``.
+    """
     from peft import PeftModel
 
-    if isinstance(trainer.model, PeftModel):
+    main_process = trainer.is_world_process_zero()
+    merged = isinstance(trainer.model, PeftModel)
+    if merged:
         # Not under ZeRO-3 (refused above), so every process holds whole weights: merge and save directly.
         trainer.model = trainer.model.merge_and_unload()
-        if trainer.is_world_process_zero():
-            trainer.model.save_pretrained(output_dir, safe_serialization=True)
-            trainer.processing_class.save_pretrained(output_dir)
-    else:
-        trainer.save_model(str(output_dir))  # ZeRO-3: gathered (stage3_gather_16bit_weights_on_model_save)
-    if trainer.is_world_process_zero():
-        check_saved_weights(output_dir)
+
+    def save(folder: Path) -> None:
+        if not merged:
+            trainer.args.output_dir = str(folder)  # what the Trainer pushes with push_to_hub
+            trainer.save_model(str(folder))  # ZeRO-3: gathered (stage3_gather_16bit_weights_on_model_save)
+        elif main_process:
+            trainer.model.save_pretrained(folder, safe_serialization=True)
+            trainer.processing_class.save_pretrained(folder)
+        if main_process:
+            check_saved_weights(folder)
+
+    wait = trainer.accelerator.wait_for_everyone
+    save_final_folder(output_dir, "critic train", save, main_process, wait, work)
+    if main_process:
         logger.info("saved step critic to %s", output_dir)
 
 
 # What a `llmac critic train` recipe fills, in order.
-CONFIG_CLASSES = (ModelConfig, CriticDataConfig, CriticConfig)
+CONFIG_CLASSES = (ModelConfig, CriticDataConfig, CriticConfig, OutputConfig)
 
 
-def run_critic_training(model_config: ModelConfig, data_config: CriticDataConfig, args: CriticConfig) -> Path:
+def run_critic_training(
+    model_config: ModelConfig, data_config: CriticDataConfig, args: CriticConfig, overwrite: bool = False
+) -> Path:
     """Train and save the critic (see :func:`train_critic`); returns ``args.output_dir``."""
-    train_critic(model_config, data_config, args)
+    train_critic(model_config, data_config, args, overwrite)
     return Path(args.output_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    model_config, data_config, args = parse_config(CONFIG_CLASSES, argv, prog="llmac critic train")
-    output_dir = run_critic_training(model_config, data_config, args)
+    model_config, data_config, args, output = parse_config(CONFIG_CLASSES, argv, prog="llmac critic train")
+    output_dir = run_critic_training(model_config, data_config, args, output.overwrite)
     end_process_group()
     return output_dir
 

@@ -19,6 +19,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from llmac.errors import LlmacError
+from llmac.validation import check_fields
 
 ANSWER_FORMATS = ("plain", "gsm8k")
 GSM8K_ANSWER_MARK = "####"
@@ -67,23 +68,25 @@ class PromptDataConfig:
         default="plain",
         metadata={
             "help": "'plain': the answer field is the gold answer. 'gsm8k': the gold answer is the text after "
-            "'#### ' in the answer field (commas removed)."
+            "'#### ' in the answer field (commas removed).",
+            "choices": ANSWER_FORMATS,
         },
     )
     max_samples: int | None = field(
-        default=None, metadata={"help": "Keep at most this many rows (after shuffling); None keeps all."}
+        default=None,
+        metadata={
+            "help": "Keep at most this many rows (after shuffling); None keeps all.",
+            "range": "[0, inf)",
+        },
     )
     shuffle: bool = field(default=False, metadata={"help": "Shuffle the rows before taking max_samples."})
-    seed: int = field(default=0, metadata={"help": "Seed of the shuffle."})
+    seed: int = field(default=0, metadata={"help": "Seed of the shuffle.", "range": "[0, inf)"})
     cache_dir: str | None = field(
         default=None, metadata={"help": "Cache directory for `datasets.load_dataset` (default: HF's)."}
     )
 
     def __post_init__(self) -> None:
-        if self.answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
-        if self.max_samples is not None and self.max_samples < 0:
-            raise ValueError(f"max_samples must be >= 0 or None, got {self.max_samples}")
+        check_fields(self)
 
 
 class ProblemLog:

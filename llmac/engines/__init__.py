@@ -8,6 +8,7 @@ from pathlib import Path
 
 from llmac.engines.base import BaseEngine, Completion, RawCompletion, RolloutEngine, SamplingConfig
 from llmac.steps import DEFAULT_DELIMITER
+from llmac.validation import check_fields, require
 
 ENGINE_NAMES = ("auto", "vllm", "hf")
 
@@ -18,7 +19,10 @@ class EngineConfig:
 
     engine: str = field(
         default="auto",
-        metadata={"help": "'vllm', 'hf' (transformers generate) or 'auto' (vllm if installed)."},
+        metadata={
+            "help": "'vllm', 'hf' (transformers generate) or 'auto' (vllm if installed).",
+            "choices": ENGINE_NAMES,
+        },
     )
     delimiter: str = field(
         default=DEFAULT_DELIMITER, metadata={"help": "Step delimiter: one step ends with it."}
@@ -31,18 +35,26 @@ class EngineConfig:
         },
     )
     engine_seed: int = field(
-        default=0, metadata={"help": "vLLM's engine seed (used when a request has no seed)."}
+        default=0,
+        metadata={"help": "vLLM's engine seed (used when a request has no seed).", "range": "[0, inf)"},
     )
     max_model_len: int | None = field(
-        default=None, metadata={"help": "vLLM: longest prompt + completion; None takes the model's."}
+        default=None,
+        metadata={"help": "vLLM: longest prompt + completion; None takes the model's.", "range": "[1, inf)"},
     )
     kv_cache_gib: float | None = field(
         default=None,
-        metadata={"help": "vLLM: KV cache size in GiB; None is 1 GiB on CPU, vLLM's choice on GPU."},
+        metadata={
+            "help": "vLLM: KV cache size in GiB; None is 1 GiB on CPU, vLLM's choice on GPU.",
+            "range": "(0, inf)",
+        },
     )
     gpu_memory_utilization: float | None = field(
         default=None,
-        metadata={"help": "vLLM: fraction of GPU memory it may take; lower it next to a trainer."},
+        metadata={
+            "help": "vLLM: fraction of GPU memory it may take; lower it next to a trainer.",
+            "range": "(0, 1]",
+        },
     )
     enable_prefix_caching: bool = field(
         default=True,
@@ -53,15 +65,15 @@ class EngineConfig:
         metadata={"help": "vLLM: no CUDA graphs / compilation (fast start; set False on GPU for speed)."},
     )
     hf_batch_size: int = field(
-        default=64, metadata={"help": "hf: sequences (prompt copies) per generate call."}
+        default=64, metadata={"help": "hf: sequences (prompt copies) per generate call.", "range": "[1, inf)"}
     )
     vllm_kwargs: dict = field(
         default_factory=dict, metadata={"help": "Extra keyword arguments for vllm.LLM."}
     )
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINE_NAMES:
-            raise ValueError(f"EngineConfig.engine must be one of {ENGINE_NAMES}, got {self.engine!r}")
+        check_fields(self)
+        require(self, bool(self.delimiter), "delimiter must be a non-empty string")
 
 
 def vllm_available() -> bool:

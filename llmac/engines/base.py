@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from llmac.steps import DEFAULT_DELIMITER, step_token_ends
+from llmac.validation import check_fields, require
 
 # A state dict, or its (name, tensor) pairs as they are produced (e.g. gathered layer by layer).
 Weights = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
@@ -27,22 +28,22 @@ PromptLike = str | Sequence[int]
 class SamplingConfig:
     """How to sample. Both engines read the same fields, so a recipe never names an engine's own API."""
 
-    n: int = field(default=1, metadata={"help": "Completions per prompt."})
-    temperature: float = field(default=1.0, metadata={"help": "0 means greedy decoding."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    top_k: int = field(default=-1, metadata={"help": "Top-k sampling; -1 disables it."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated at most per completion."})
-    seed: int | None = field(default=None, metadata={"help": "Seed for reproducible sampling."})
+    n: int = field(default=1, metadata={"help": "Completions per prompt.", "range": "[1, inf)"})
+    temperature: float = field(
+        default=1.0, metadata={"help": "0 means greedy decoding.", "range": "[0, inf)"}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass.", "range": "(0, 1]"})
+    top_k: int = field(default=-1, metadata={"help": "Top-k sampling; -1 disables it.", "range": "[-1, inf)"})
+    max_new_tokens: int = field(
+        default=256, metadata={"help": "Tokens generated at most per completion.", "range": "[1, inf)"}
+    )
+    seed: int | None = field(
+        default=None, metadata={"help": "Seed for reproducible sampling.", "range": "[0, inf)"}
+    )
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"SamplingConfig.n must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_fields(self)
+        require(self, self.top_k != 0, "top_k = 0 samples nothing: use -1 to disable top-k")
 
     @property
     def greedy(self) -> bool:

@@ -104,6 +104,8 @@ class HFEngine(BaseEngine):
         if batch_size < 1:
             raise ValueError(f"HFEngine batch_size must be >= 1, got {batch_size}")
         super().__init__(tokenizer, delimiter)
+        # The weights' folder (None for a model object), until load_weights replaces them.
+        self.model_path = Path(model_or_path) if isinstance(model_or_path, str | Path) else None
         self.model = model
         self.batch_size = batch_size
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
@@ -115,6 +117,7 @@ class HFEngine(BaseEngine):
         return next(self.model.parameters()).device
 
     def load_weights(self, state_dict: Weights) -> None:
+        self.model_path = None
         with torch.no_grad():
             self.model.load_state_dict(dict(state_dict), strict=True)
 

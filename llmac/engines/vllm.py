@@ -96,6 +96,7 @@ class VLLMEngine(BaseEngine):
         from vllm.platforms import current_platform
 
         super().__init__(tokenizer if tokenizer is not None else load_tokenizer(model_path), delimiter)
+        self.model_path: Path | None = Path(model_path)  # the weights' folder, until load_weights
         if weight_chunk_mib < 1:
             raise ValueError(f"weight_chunk_mib must be >= 1, got {weight_chunk_mib}")
         self.weight_chunk_bytes = weight_chunk_mib * 2**20
@@ -211,6 +212,7 @@ class VLLMEngine(BaseEngine):
 
     # -- weights -------------------------------------------------------------------------------
     def load_weights(self, state_dict: Weights) -> None:
+        self.model_path = None  # the weights no longer are the folder's
         llm = self._live_llm()
         import safetensors.torch
 

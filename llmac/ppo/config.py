@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from llmac.outputs import overwrite_field
+from llmac.rl.estimators import ESTIMATORS, get_estimator
 from llmac.schedules import LR_SCHEDULES
+from llmac.validation import check_fields, require
 
-ADVANTAGE_ESTIMATORS = ("step_gae", "token_gae", "grpo", "rloo", "lite_ppo")
-VALUE_ESTIMATORS = ("step_gae", "token_gae")
+ADVANTAGE_ESTIMATORS = tuple(ESTIMATORS)
 
 
 @dataclass
@@ -20,22 +22,35 @@ class PPOConfig:
         default="runs/ppo",
         metadata={"help": "Run folder: metrics.jsonl, checkpoints/, and the final actor/ and critic/."},
     )
-    seed: int = field(default=0, metadata={"help": "Seed of prompt order, sampling and minibatch order."})
-    num_iterations: int = field(default=40, metadata={"help": "PPO iterations (sample, score, update)."})
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of prompt order, sampling and minibatch order.", "range": "[0, inf)"},
+    )
+    num_iterations: int = field(
+        default=40, metadata={"help": "PPO iterations (sample, score, update).", "range": "[1, inf)"}
+    )
     checkpoint_every: int = field(
         default=10,
         metadata={
-            "help": "Save a resumable checkpoint every k iterations (0: never; the final actor is always saved)."
+            "help": "Save a resumable checkpoint every k iterations (0: never; the final actor is always saved).",
+            "range": "[0, inf)",
         },
     )
-    keep_checkpoints: int = field(default=2, metadata={"help": "Checkpoints kept on disk (the newest)."})
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "Checkpoints kept on disk (the newest).", "range": "[1, inf)"}
+    )
     eval_every: int = field(
-        default=10, metadata={"help": "Greedy accuracy on held-out problems every k iterations (0: never)."}
+        default=10,
+        metadata={
+            "help": "Greedy accuracy on held-out problems every k iterations (0: never).",
+            "range": "[0, inf)",
+        },
     )
     eval_samples: int = field(
         default=4,
         metadata={
-            "help": "Samples per held-out problem for the sampled accuracy (at the rollout temperature; 0: greedy only)."
+            "help": "Samples per held-out problem for the sampled accuracy (at the rollout temperature; 0: greedy only).",
+            "range": "[0, inf)",
         },
     )
     report_to: str = field(
@@ -51,15 +66,29 @@ class PPOConfig:
         },
     )
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
+    overwrite: bool = overwrite_field()
 
     # -- rollouts ----------------------------------------------------------------------------------
     prompts_per_iteration: int = field(
-        default=32, metadata={"help": "Prompts sampled per iteration (over all processes)."}
+        default=32,
+        metadata={"help": "Prompts sampled per iteration (over all processes).", "range": "[1, inf)"},
     )
-    samples_per_prompt: int = field(default=4, metadata={"help": "Completions per prompt (the group size)."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass of the rollouts."})
-    max_new_tokens: int = field(default=96, metadata={"help": "Tokens per completion at most."})
+    samples_per_prompt: int = field(
+        default=4, metadata={"help": "Completions per prompt (the group size).", "range": "[1, inf)"}
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Sampling temperature of the rollouts (> 0: the PPO ratio's log-probs divide the logits by it).",
+            "range": "(0, inf)",
+        },
+    )
+    top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling mass of the rollouts.", "range": "(0, 1]"}
+    )
+    max_new_tokens: int = field(
+        default=96, metadata={"help": "Tokens per completion at most.", "range": "[1, inf)"}
+    )
     async_rollouts: bool = field(
         default=False,
         metadata={
@@ -71,7 +100,10 @@ class PPOConfig:
     )
     max_prompt_length: int = field(
         default=256,
-        metadata={"help": "Prompts with more tokens are skipped at load time (and counted in the log)."},
+        metadata={
+            "help": "Prompts with more tokens are skipped at load time (and counted in the log).",
+            "range": "[1, inf)",
+        },
     )
     reward: str = field(
         default="math", metadata={"help": "Reward function: a registered name or 'package.module:function'."}
@@ -85,13 +117,17 @@ class PPOConfig:
     )
     max_sampling_rounds: int = field(
         default=4,
-        metadata={"help": "Dynamic sampling: rounds of prompts tried per iteration before training on less."},
+        metadata={
+            "help": "Dynamic sampling: rounds of prompts tried per iteration before training on less.",
+            "range": "[1, inf)",
+        },
     )
     overlong_buffer: int = field(
         default=0,
         metadata={
             "help": "Soft overlong shaping: completions within this many tokens of max_new_tokens get a "
-            "linearly growing penalty down to -1 (0: off)."
+            "linearly growing penalty down to -1 (0: off).",
+            "range": "[0, inf)",
         },
     )
 
@@ -100,11 +136,14 @@ class PPOConfig:
         default="step_gae",
         metadata={
             "help": "step_gae (value read once per step, the step's advantage broadcast to its tokens), "
-            "token_gae, or the critic-free grpo, rloo, lite_ppo (group mean, batch std)."
+            "token_gae, or the critic-free grpo, rloo, lite_ppo (group mean, batch std).",
+            "choices": ADVANTAGE_ESTIMATORS,
         },
     )
-    gamma: float = field(default=1.0, metadata={"help": "GAE discount (per step for step_gae)."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    gamma: float = field(
+        default=1.0, metadata={"help": "GAE discount (per step for step_gae).", "range": "[0, 1]"}
+    )
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda.", "range": "[0, 1]"})
     whiten_advantages: bool = field(
         default=True, metadata={"help": "GAE estimators: normalise advantages over the batch's tokens."}
     )
@@ -112,7 +151,9 @@ class PPOConfig:
         default=None,
         metadata={"help": "A step critic whose value at each step end is added as a process reward."},
     )
-    process_reward_coef: float = field(default=1.0, metadata={"help": "Weight of the process reward."})
+    process_reward_coef: float = field(
+        default=1.0, metadata={"help": "Weight of the process reward.", "range": "[0, inf)"}
+    )
 
     # -- losses ------------------------------------------------------------------------------------
     old_logprobs: str = field(
@@ -122,56 +163,85 @@ class PPOConfig:
             "actor before the updates; 'engine' takes the rollout engine's (one actor forward pass less per "
             "iteration; exact when the engine runs the trainer's weights in the same precision, and under "
             "async_rollouts the ratio then corrects for the stale sampler). Needs temperature 1 (engines "
-            "report log-probs of the unscaled logits)."
+            "report log-probs of the unscaled logits).",
+            "choices": ("trainer", "engine"),
         },
     )
-    clip_low: float = field(default=0.2, metadata={"help": "PPO clip: ratio floor is 1 - clip_low."})
+    clip_low: float = field(
+        default=0.2, metadata={"help": "PPO clip: ratio floor is 1 - clip_low.", "range": "[0, 1)"}
+    )
     clip_high: float = field(
-        default=0.2, metadata={"help": "PPO clip: ratio ceiling is 1 + clip_high (0.28 is clip-higher)."}
+        default=0.2,
+        metadata={
+            "help": "PPO clip: ratio ceiling is 1 + clip_high (0.28 is clip-higher).",
+            "range": "[0, inf)",
+        },
     )
     loss_aggregation: str = field(
         default="token",
         metadata={
             "help": "'token': sum of token losses over the batch's tokens (DAPO, Lite PPO); 'sequence': "
-            "mean over completions of each one's token mean (original GRPO)."
+            "mean over completions of each one's token mean (original GRPO).",
+            "choices": ("token", "sequence"),
         },
     )
     kl_coef: float = field(
-        default=0.0, metadata={"help": "Weight of the KL to the frozen reference (0: none)."}
+        default=0.0,
+        metadata={"help": "Weight of the KL to the frozen reference (0: none).", "range": "[0, inf)"},
     )
     kl_in: str = field(
-        default="reward", metadata={"help": "Where the KL goes: 'reward' (per-token penalty) or 'loss'."}
+        default="reward",
+        metadata={
+            "help": "Where the KL goes: 'reward' (per-token penalty) or 'loss'.",
+            "choices": ("reward", "loss"),
+        },
     )
-    kl_estimator: str = field(default="k1", metadata={"help": "KL estimator: k1, k2 or k3."})
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "KL estimator: k1, k2 or k3.", "choices": ("k1", "k2", "k3")}
+    )
     value_clip: float = field(
-        default=0.2, metadata={"help": "Clip new values to old +- this in the value loss (0: no clipping)."}
+        default=0.2,
+        metadata={
+            "help": "Clip new values to old +- this in the value loss (0: no clipping).",
+            "range": "[0, inf)",
+        },
     )
-    value_coef: float = field(default=0.5, metadata={"help": "Weight of the value loss."})
-    entropy_coef: float = field(default=0.0, metadata={"help": "Entropy bonus weight."})
+    value_coef: float = field(
+        default=0.5, metadata={"help": "Weight of the value loss.", "range": "[0, inf)"}
+    )
+    entropy_coef: float = field(default=0.0, metadata={"help": "Entropy bonus weight.", "range": "[0, inf)"})
     value_warmup_iterations: int = field(
-        default=0, metadata={"help": "First iterations that train only the value model."}
+        default=0, metadata={"help": "First iterations that train only the value model.", "range": "[0, inf)"}
     )
 
     # -- optimisation ------------------------------------------------------------------------------
-    ppo_epochs: int = field(default=1, metadata={"help": "Passes over each iteration's rollouts."})
+    ppo_epochs: int = field(
+        default=1, metadata={"help": "Passes over each iteration's rollouts.", "range": "[1, inf)"}
+    )
     mini_batch_size: int = field(
-        default=32, metadata={"help": "Completions per optimizer step on each process."}
+        default=32, metadata={"help": "Completions per optimizer step on each process.", "range": "[1, inf)"}
     )
     micro_batch_size: int = field(
         default=32,
         metadata={
             "help": "Completions per forward pass. Passes take completions of similar length, each padded "
             "only to its own longest, so less compute goes to padding; a minibatch still makes one "
-            "optimizer step. Lower it to save activation memory."
+            "optimizer step. Lower it to save activation memory.",
+            "range": "[1, inf)",
         },
     )
-    learning_rate: float = field(default=1e-5, metadata={"help": "Actor learning rate (AdamW)."})
-    value_learning_rate: float = field(default=1e-4, metadata={"help": "Value model learning rate."})
+    learning_rate: float = field(
+        default=1e-5, metadata={"help": "Actor learning rate (AdamW).", "range": "(0, inf)"}
+    )
+    value_learning_rate: float = field(
+        default=1e-4, metadata={"help": "Value model learning rate.", "range": "(0, inf)"}
+    )
     warmup_steps: int = field(
         default=10,
         metadata={
             "help": "Optimizer steps over which both learning rates rise linearly from 0 (Adam's first "
-            "steps move every weight by about the full learning rate, whatever its gradient)."
+            "steps move every weight by about the full learning rate, whatever its gradient).",
+            "range": "[0, inf)",
         },
     )
     lr_scheduler_type: str = field(
@@ -179,11 +249,22 @@ class PPOConfig:
         metadata={
             "help": "Learning rates after the warm-up: constant, or linear / cosine decay to 0 at the last "
             "iteration. Decay suits an actor whose SFT annealed its rate to 0: raised again and held, "
-            "the rate costs a small model accuracy that annealing back recovers."
+            "the rate costs a small model accuracy that annealing back recovers.",
+            "choices": LR_SCHEDULES,
         },
     )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this (0: off)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay.", "range": "[0, inf)"})
+    optimizer: str = field(
+        default="adamw",
+        metadata={
+            "help": "adamw, or sgd (plain, no momentum: a step moves each weight by the learning rate times "
+            "its gradient, so the gradient's scale shows; the multi-process tests use it).",
+            "choices": ("adamw", "sgd"),
+        },
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Clip the gradient norm to this (0: off).", "range": "[0, inf)"}
+    )
 
     # -- value model -------------------------------------------------------------------------------
     value_model: str | None = field(
@@ -197,43 +278,27 @@ class PPOConfig:
         default="sigmoid",
         metadata={
             "help": "'sigmoid' (values in (0,1), as a step critic trained on success probabilities "
-            "predicts) or 'identity' (unbounded, for rewards outside [0,1])."
+            "predicts) or 'identity' (unbounded, for rewards outside [0,1]).",
+            "choices": ("sigmoid", "identity"),
         },
     )
 
     def __post_init__(self) -> None:
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"PPOConfig: {message}")
-
-        check(self.advantage_estimator in ADVANTAGE_ESTIMATORS,
-              f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}")  # fmt: skip
-        check(self.loss_aggregation in ("token", "sequence"),
-              f"loss_aggregation must be 'token' or 'sequence', got {self.loss_aggregation!r}")  # fmt: skip
-        check(self.kl_in in ("reward", "loss"), f"kl_in must be 'reward' or 'loss', got {self.kl_in!r}")
-        check(self.old_logprobs in ("trainer", "engine"),
-              f"old_logprobs must be 'trainer' or 'engine', got {self.old_logprobs!r}")  # fmt: skip
-        check(self.old_logprobs == "trainer" or self.temperature == 1.0,
-              "old_logprobs='engine' needs temperature 1.0: engines report log-probs of the unscaled logits")  # fmt: skip
-        check(
-            self.kl_estimator in ("k1", "k2", "k3"),
-            f"kl_estimator must be k1, k2 or k3, got {self.kl_estimator!r}",
-        )
-        check(self.value_activation in ("sigmoid", "identity"),
-              f"value_activation must be 'sigmoid' or 'identity', got {self.value_activation!r}")  # fmt: skip
-        check(self.samples_per_prompt >= 1, "samples_per_prompt must be >= 1")
-        check(self.samples_per_prompt >= 2 or self.advantage_estimator in VALUE_ESTIMATORS,
-              f"{self.advantage_estimator} needs samples_per_prompt >= 2 (it compares a group's samples)")  # fmt: skip
-        check(self.prompts_per_iteration >= 1 and self.mini_batch_size >= 1 and self.ppo_epochs >= 1
-              and self.micro_batch_size >= 1,
-              "prompts_per_iteration, mini_batch_size, micro_batch_size and ppo_epochs must be >= 1")  # fmt: skip
-        check(0 <= self.clip_low < 1 and self.clip_high >= 0, "clip_low must be in [0, 1), clip_high >= 0")
-        check(
-            0 <= self.overlong_buffer <= self.max_new_tokens, "overlong_buffer must be in [0, max_new_tokens]"
-        )
-        check(self.max_sampling_rounds >= 1, "max_sampling_rounds must be >= 1")
-        check(self.lr_scheduler_type in LR_SCHEDULES,
-              f"lr_scheduler_type must be one of {LR_SCHEDULES}, got {self.lr_scheduler_type!r}")  # fmt: skip
+        check_fields(self)
+        require(self, self.old_logprobs == "trainer" or self.temperature == 1.0,
+                "old_logprobs='engine' needs temperature 1.0 (engines report log-probs of the unscaled "
+                "logits); use old_logprobs='trainer' for another temperature")  # fmt: skip
+        require(self, self.samples_per_prompt >= 2 or self.uses_value_model,
+                f"{self.advantage_estimator} needs samples_per_prompt >= 2 (it compares a group's samples)")  # fmt: skip
+        require(self, self.overlong_buffer <= self.max_new_tokens,
+                f"overlong_buffer ({self.overlong_buffer}) must be <= max_new_tokens ({self.max_new_tokens})")  # fmt: skip
+        require(self, self.uses_value_model or self.kl_coef == 0 or self.kl_in == "loss",
+                "critic-free estimators take the KL in the loss (kl_in='loss'), as GRPO does")  # fmt: skip
+        require(self, self.uses_value_model or self.value_warmup_iterations == 0,
+                f"value_warmup_iterations needs a value model; {self.advantage_estimator} has none")  # fmt: skip
+        require(self, self.uses_value_model or not self.process_reward_model,
+                f"process_reward_model needs step_gae or token_gae; {self.advantage_estimator} ignores "
+                "process rewards")  # fmt: skip
 
     def optimizer_steps_per_iteration(self, num_processes: int = 1) -> int:
         """Optimizer steps one iteration makes: ``ppo_epochs`` passes over each process's share."""
@@ -244,4 +309,4 @@ class PPOConfig:
 
     @property
     def uses_value_model(self) -> bool:
-        return self.advantage_estimator in VALUE_ESTIMATORS
+        return get_estimator(self.advantage_estimator).needs_value_model

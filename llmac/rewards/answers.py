@@ -107,6 +107,7 @@ class Outcome(enum.StrEnum):
     UNPARSABLE_GOLD = "unparsable_gold"
     ERROR = "error"
     TIMEOUT = "timeout"
+    PAST_DEADLINE = "past_deadline"  # not judged before its batch's deadline
 
 
 @cache

@@ -3,7 +3,9 @@
 sympy can run for ever on some inputs (``\\boxed{9^{9^{9^{9^{9}}}}}``), and math-verify's own timeout
 uses SIGALRM, which only works in a main thread. A :class:`Verifier` therefore does the sympy work in
 a child interpreter that it owns (:mod:`llmac.rewards.worker`) and kills when an item overruns its
-deadline; the item scores 0.0, is counted as a timeout, and a fresh child takes over. The child is
+deadline; the item scores 0.0, is counted as a timeout, and a fresh child takes over. A batch has a
+deadline too (:meth:`VerifierConfig.batch_seconds`), so that many slow items cannot stall a training
+step for minutes: items not judged by then score 0.0 and are counted as ``past_deadline``. The child is
 started with ``subprocess`` (a fresh interpreter, like multiprocessing's "spawn", so it is safe beside
 torch/vLLM threads), which also works where ``multiprocessing`` refuses to start children: in
 daemonic processes such as DataLoader workers. Nothing in a batch raises: every failure scores 0.0 and
@@ -33,6 +35,7 @@ from typing import Literal
 import llmac
 from llmac.rewards.answers import Outcome
 from llmac.rewards.worker import WORKER_BOOT, ItemResult, run_item
+from llmac.validation import check_fields
 
 logger = logging.getLogger("llmac.rewards")  # one logger for the whole package
 
@@ -61,6 +64,10 @@ class RewardStats:
         default=0, metadata={"help": "Exceptions inside math-verify/sympy, bad input types, worker crashes."}
     )
     timeouts: int = field(default=0, metadata={"help": "Items that ran past the timeout."})
+    past_deadline: int = field(
+        default=0,
+        metadata={"help": "Items not judged before their batch's deadline (the one running then included)."},
+    )
     restarts: int = field(default=0, metadata={"help": "Times the worker process was killed and restarted."})
 
     def count(self, outcome: Outcome) -> None:
@@ -76,7 +83,7 @@ _STAT_FIELD = {outcome: outcome.value for outcome in Outcome} | {
     Outcome.ERROR: "errors",
     Outcome.TIMEOUT: "timeouts",
 }
-_FAILED_RUN = {"timeout": Outcome.TIMEOUT, "crash": Outcome.ERROR}
+_FAILED_RUN = {"timeout": Outcome.TIMEOUT, "crash": Outcome.ERROR, "deadline": Outcome.PAST_DEADLINE}
 _PROBLEMS = frozenset(Outcome) - {Outcome.CORRECT, Outcome.WRONG}
 
 
@@ -131,14 +138,30 @@ class VerifierConfig:
 
     timeout: float = field(
         default=5.0,
-        metadata={"help": "Seconds one item may take; past it the item scores 0.0 and counts as a timeout."},
+        metadata={
+            "help": "Seconds one item may take; past it the item scores 0.0 and counts as a timeout.",
+            "range": "(0, inf)",
+        },
+    )
+    batch_timeout: float | None = field(
+        default=30.0,
+        metadata={
+            "help": "Seconds a batch (one call) may take, plus `batch_timeout_per_item` per item; items not "
+            "judged by then score 0.0 and count as past_deadline. The defaults bound 512 items to 81 s "
+            "(5 s timeouts alone allow 43 min; a GSM8K item takes ~3 ms). None: no batch limit.",
+            "range": "(0, inf)",
+        },
+    )
+    batch_timeout_per_item: float = field(
+        default=0.1, metadata={"help": "Seconds each item adds to its batch's deadline.", "range": "[0, inf)"}
     )
     mode: Literal["process", "inline"] = field(
         default="process",
         metadata={
             "help": "'process': sympy runs in a child process that is killed on a timeout (works in any "
             "thread or process). 'inline': in the caller's process, faster to start; the timeout then only "
-            "works from the main thread (SIGALRM) and is off elsewhere."
+            "works from the main thread (SIGALRM) and is off elsewhere.",
+            "choices": ("process", "inline"),
         },
     )
     soft_interrupt: bool = field(
@@ -150,20 +173,30 @@ class VerifierConfig:
     )
     kill_grace: float = field(
         default=1.0,
-        metadata={"help": "Seconds past `timeout` before the worker is killed (with soft_interrupt)."},
+        metadata={
+            "help": "Seconds past `timeout` before the worker is killed (with soft_interrupt).",
+            "range": "[0, inf)",
+        },
     )
-    startup_timeout: float = field(default=120.0, metadata={"help": "Seconds the worker may take to start."})
+    startup_timeout: float = field(
+        default=120.0, metadata={"help": "Seconds the worker may take to start.", "range": "(0, inf)"}
+    )
     log_interval: float = field(
-        default=60.0, metadata={"help": "Seconds between two warnings about the same kind of problem."}
+        default=60.0,
+        metadata={
+            "help": "Seconds between two warnings about the same kind of problem.",
+            "range": "[0, inf)",
+        },
     )
 
     def __post_init__(self):
-        if not self.timeout > 0:
-            raise ValueError(f"VerifierConfig.timeout must be > 0 seconds, got {self.timeout}")
-        if self.mode not in ("process", "inline"):
-            raise ValueError(f"VerifierConfig.mode must be 'process' or 'inline', got {self.mode!r}")
-        if self.kill_grace < 0:
-            raise ValueError(f"VerifierConfig.kill_grace must be >= 0, got {self.kill_grace}")
+        check_fields(self)
+
+    def batch_seconds(self, num_items: int) -> float:
+        """Seconds a batch of ``num_items`` may take (``inf`` without a batch limit)."""
+        if self.batch_timeout is None:
+            return math.inf
+        return self.batch_timeout + self.batch_timeout_per_item * num_items
 
 
 @dataclass
@@ -186,6 +219,23 @@ def _stop_worker(process: subprocess.Popen, conn: Connection, owner_pid: int) ->
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class _BatchClock:
+    """The deadline of one batch, and the results of the items it left unjudged."""
+
+    def __init__(self, seconds: float, num_items: int):
+        self.seconds = seconds
+        self.num_items = num_items
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def pad(self, results: list[ItemResult], total: int) -> list[ItemResult]:
+        """``results`` followed by a ``"deadline"`` result for every item not reached."""
+        detail = f"batch deadline of {self.seconds:.3g}s for {self.num_items} items"
+        return results + [("deadline", detail)] * (total - len(results))
 
 
 class Verifier:
@@ -273,25 +323,38 @@ class Verifier:
 
     def _run(self, task: str, items: list[tuple]) -> list[ItemResult]:
         """The result of each item, in order."""
+        if not items:
+            return []
         if self.config.mode == "inline":
             return self._run_inline(task, items)
         return self._run_in_worker(task, items)
 
     def _run_inline(self, task: str, items: list[tuple]) -> list[ItemResult]:
-        seconds: float | None = self.config.timeout
-        if threading.current_thread() is not threading.main_thread():
-            seconds = None
-            if not self._warned_no_timeout:
-                logger.warning(
-                    "rewards: inline Verifier used outside the main thread: items run without timeout"
-                )
-                self._warned_no_timeout = True
-        return [run_item(task, args, seconds) for args in items]
+        timed = threading.current_thread() is threading.main_thread()
+        if not timed and not self._warned_no_timeout:
+            logger.warning("rewards: inline Verifier used outside the main thread: items run without timeout")
+            self._warned_no_timeout = True
+        batch = _BatchClock(self.config.batch_seconds(len(items)), len(items))
+        results: list[ItemResult] = []
+        for args in items:
+            left = batch.left()
+            if left <= 0:
+                break
+            # In the main thread SIGALRM ends the item at its timeout or the batch deadline, the earlier;
+            # elsewhere nothing can stop it, and the deadline is only checked between items.
+            seconds = min(self.config.timeout, left) if timed else None
+            status, value = run_item(task, args, seconds)
+            if status == "timeout" and seconds < self.config.timeout:
+                break  # stopped by the batch deadline: this item is past it too
+            results.append((status, value))
+        return batch.pad(results, len(items))
 
     def _run_in_worker(self, task: str, items: list[tuple]) -> list[ItemResult]:
         cfg = self.config
         soft = cfg.timeout if cfg.soft_interrupt else None
-        deadline = cfg.timeout + cfg.kill_grace if cfg.soft_interrupt else cfg.timeout
+        item_seconds = cfg.timeout + cfg.kill_grace if cfg.soft_interrupt else cfg.timeout
+        self._ensure_worker()  # starting the worker is not the batch's time
+        batch = _BatchClock(cfg.batch_seconds(len(items)), len(items))
         results: list[ItemResult] = []
         while len(results) < len(items):
             worker = self._ensure_worker()
@@ -304,8 +367,12 @@ class Verifier:
                 worker.conn.send(request)
             # Results come back in order, so the item in progress is always the next one expected.
             while len(results) < len(items):
-                if not worker.conn.poll(deadline):
-                    results.append(("timeout", f"killed after {deadline:g}s"))
+                left = batch.left()
+                if not worker.conn.poll(max(min(item_seconds, left), 0.0)):
+                    if left <= item_seconds:  # the batch's deadline came first: drop this and the rest
+                        self._restart()
+                        return batch.pad(results, len(items))
+                    results.append(("timeout", f"killed after {item_seconds:g}s"))
                     self._restart()
                     break
                 try:

@@ -25,8 +25,9 @@ WORKER_BOOT = f"import sys; from {__name__} import main; main(int(sys.argv[1]))"
 # What a worker (or the inline mode) can run on one item.
 TASKS: dict[str, Callable] = {"judge": judge, "key": vote_key}
 
-# ("ok", result), ("timeout", detail) or ("crash", detail): the result of one item.
-ItemResult = tuple[Literal["ok", "timeout", "crash"], object]
+# ("ok", result), ("timeout", detail), ("crash", detail), or ("deadline", detail) for an item its
+# batch's deadline left unjudged: the result of one item.
+ItemResult = tuple[Literal["ok", "timeout", "crash", "deadline"], object]
 
 
 class _ItemTimeout(BaseException):

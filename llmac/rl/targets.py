@@ -1,14 +1,16 @@
-"""From a batch of rollouts and the models' outputs to what PPO regresses on: advantages per token and
-value targets (per step for ``step_gae``, per token for ``token_gae``). Pure functions of tensors."""
+"""From a batch of rollouts and the models' outputs to what a policy-gradient update regresses on:
+advantages per token and value targets (per step for ``step_gae``, per token for ``token_gae``).
+Pure functions of tensors."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from llmac.advantages import broadcast_to_tokens, gae
-from llmac.ppo.experience import TokenBatch
+from llmac.rl.batch import TokenBatch
 
 
 @dataclass
@@ -17,6 +19,10 @@ class Targets:
     returns: torch.Tensor | None = None  # value targets, [B, S] (step_gae) or [B, T] (token_gae)
     old_values: torch.Tensor | None = None  # the values the returns were built from, same shape
     value_mask: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor) -> Targets:
+        """The targets of the rows ``index``."""
+        return Targets(*(None if t is None else t[index] for t in vars(self).values()))
 
 
 def _last_index(mask: torch.Tensor) -> torch.Tensor:
@@ -60,37 +66,37 @@ def token_rewards(
     return rewards
 
 
-def step_gae_targets(
+def gae_targets(
     batch: TokenBatch,
     values: torch.Tensor,
     gamma: float,
     lam: float,
     token_penalty: torch.Tensor | None = None,
     process_rewards: torch.Tensor | None = None,
+    *,
+    per_step: bool = True,
 ) -> Targets:
-    """Step-level GAE: ``values`` ``[B, L]`` are read once per step, at ``step_positions`` (V(s_k),
-    before step k); each step's advantage is given to all of its tokens."""
-    step_values = values.gather(1, batch.step_positions)
-    rewards = step_rewards(batch, token_penalty, process_rewards)
-    advantages, returns = gae(rewards, step_values, batch.step_mask, gamma, lam)
-    per_token = broadcast_to_tokens(advantages, batch.token_step)
-    return Targets(per_token, returns, torch.where(batch.step_mask, step_values, 0.0), batch.step_mask)
+    """GAE over the value model's ``values`` ``[B, L]`` (every position).
+
+    ``per_step`` (step-level GAE): values are read once per step, at ``step_positions`` (V(s_k), before
+    step k), and each step's advantage is given to all of its tokens. Otherwise (token-level GAE): a
+    value before every completion token, read where its logits are.
+    """
+    if per_step:
+        positions, mask = batch.step_positions, batch.step_mask
+        rewards = step_rewards(batch, token_penalty, process_rewards)
+    else:
+        positions, mask = batch.completion_positions, batch.completion_mask
+        rewards = token_rewards(batch, token_penalty, process_rewards)
+    old_values = values.gather(1, positions)
+    advantages, returns = gae(rewards, old_values, mask, gamma, lam)
+    if per_step:
+        advantages = broadcast_to_tokens(advantages, batch.token_step)
+    return Targets(advantages, returns, torch.where(mask, old_values, 0.0), mask)
 
 
-def token_gae_targets(
-    batch: TokenBatch,
-    values: torch.Tensor,
-    gamma: float,
-    lam: float,
-    token_penalty: torch.Tensor | None = None,
-    process_rewards: torch.Tensor | None = None,
-) -> Targets:
-    """Token-level GAE: a value before every completion token (read where its logits are)."""
-    token_values = values.gather(1, batch.completion_positions)
-    rewards = token_rewards(batch, token_penalty, process_rewards)
-    advantages, returns = gae(rewards, token_values, batch.completion_mask, gamma, lam)
-    old = torch.where(batch.completion_mask, token_values, 0.0)
-    return Targets(advantages, returns, old, batch.completion_mask)
+step_gae_targets = partial(gae_targets, per_step=True)
+token_gae_targets = partial(gae_targets, per_step=False)
 
 
 def sequence_targets(batch: TokenBatch, sequence_advantages: torch.Tensor) -> Targets:

@@ -1,4 +1,5 @@
-"""Rollouts for one PPO iteration: sample groups with the engine, verify them, and pad them into tensors.
+"""Verified completions (:class:`Sample`) and their padded tensors (:class:`TokenBatch`), which every
+online pipeline scores and trains on.
 
 Positions in a :class:`TokenBatch` follow the model's own shift: index ``j`` of a per-position tensor
 describes the token at position ``j + 1`` (the logits at ``j`` predict it, and the hidden state at ``j``
@@ -7,15 +8,12 @@ has seen everything before it, which is where the value of the state before that
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-from llmac.engines.base import Completion, RolloutEngine, SamplingConfig
-from llmac.rewards.registry import RewardFn
-from llmac.steps import broadcast_to_tokens
+from llmac.steps import spread_over_tokens
 
 
 @dataclass
@@ -32,59 +30,6 @@ class Sample:
     logprobs: list[float]  # the engine's log-probs of token_ids (to check it runs the trainer's weights)
 
 
-def verify(reward_fn: RewardFn, texts: list[str], answers: list[str], name: str) -> list[float]:
-    """``reward_fn`` on a batch, with a clear error when it raises, miscounts or returns NaN."""
-    try:
-        rewards = [float(r) for r in reward_fn(texts, answers)]
-    except Exception as exc:  # any failure of user code is reported with what it was given
-        raise RuntimeError(
-            f"reward function {name!r} raised on a batch of {len(texts)} completions: {exc!r}"
-        ) from exc
-    if len(rewards) != len(texts):
-        raise ValueError(
-            f"reward function {name!r} returned {len(rewards)} rewards for {len(texts)} completions"
-        )
-    for i, reward in enumerate(rewards):
-        if not math.isfinite(reward):
-            raise ValueError(
-                f"reward function {name!r} returned {reward} for completion {i} ({texts[i][:80]!r}); "
-                "rewards must be finite numbers"
-            )
-    return rewards
-
-
-def sample_groups(
-    engine: RolloutEngine,
-    prompt_ids: Sequence[list[int]],
-    answers: Sequence[str],
-    prompt_indices: Sequence[int],
-    sampling: SamplingConfig,
-    reward_fn: RewardFn,
-    reward_name: str,
-) -> list[list[Sample]]:
-    """``sampling.n`` verified samples for each prompt, one group per prompt."""
-    groups: list[list[Completion]] = engine.generate(list(prompt_ids), sampling)
-    texts = [c.text for group in groups for c in group]
-    golds = [answers[i] for i, group in enumerate(groups) for _ in group]
-    rewards = iter(verify(reward_fn, texts, golds, reward_name))
-    return [
-        [
-            Sample(
-                prompt_indices[i],
-                list(prompt_ids[i]),
-                list(c.token_ids),
-                list(c.step_ends),
-                c.text,
-                c.finish_reason,
-                next(rewards),
-                list(c.logprobs),
-            )  # fmt: skip
-            for c in group
-        ]
-        for i, group in enumerate(groups)
-    ]
-
-
 def has_signal(group: Sequence[Sample]) -> bool:
     """Whether a group's rewards differ (dynamic sampling keeps only such groups)."""
     return len({s.reward for s in group}) > 1
@@ -97,7 +42,7 @@ def token_steps(sample: Sample) -> tuple[list[int], list[int]]:
     """
     n = len(sample.token_ids)
     ends = sample.step_ends or [n - 1]
-    steps = broadcast_to_tokens(list(range(len(ends))), ends, n)
+    steps = spread_over_tokens(list(range(len(ends))), ends, n)
     return ends, [int(s) for s in steps]
 
 
