@@ -99,7 +99,6 @@ def test_zero2_zero3_and_one_process_take_the_same_sgd_updates(tiny_actor_dir, t
     # starts the PPO ratio from those log-probs, so the gap is read on each first minibatch.
     for run in (single, zero2, zero3):
         assert run[1]["engine_logprob_gap_max"] < CLAIMED_GAP, run[1]
-        assert run[1]["approx_kl"] > 0  # the weights did move
 
 
 @pytest.mark.distributed
