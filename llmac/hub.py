@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmac.data.loading import DataError, load_records
+from llmac.errors import InputNotFoundError
 from llmac.files import write_text_atomically
 from llmac.outputs import (
     MARKER,
@@ -107,7 +108,7 @@ def export_model(
     """
     source, output_dir = Path(source), Path(output_dir)
     if not source.is_dir():
-        raise FileNotFoundError(f"{source}: no such model folder")
+        raise InputNotFoundError(f"{source}: no such model folder")
     check_output(output_dir, "export", overwrite=overwrite, sources=[source])
     with staged_folder(output_dir, "export") as staging:
         if (source / "adapter_config.json").exists():
@@ -124,11 +125,11 @@ def export_model(
 
 def _copy_model_files(source: Path, destination: Path) -> None:
     if not (source / "config.json").exists():
-        raise FileNotFoundError(f"{source}: no config.json; not a saved transformers model")
+        raise InputNotFoundError(f"{source}: no config.json; not a saved transformers model")
     if not list(source.glob("*.safetensors")):
         bins = sorted(p.name for p in source.glob("*.bin") if p.name != "training_args.bin")
         found = f" (found {', '.join(bins)}: re-save with safe_serialization=True)" if bins else ""
-        raise FileNotFoundError(f"{source}: no *.safetensors weights{found}")
+        raise InputNotFoundError(f"{source}: no *.safetensors weights{found}")
     for pattern in MODEL_FILE_PATTERNS:
         for path in source.glob(pattern):
             if path.is_file():
@@ -303,7 +304,7 @@ def push_folder(
 
     folder = Path(folder)
     if not (folder / "README.md").exists():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{folder}: no README.md; export it with llmac.hub.export_model/export_dataset"
         )
     api = HfApi(token=token)

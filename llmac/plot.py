@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmac.errors import InputNotFoundError
 from llmac.files import write_atomically
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     """
     file = metrics_file(path)
     if not file.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{file}: not found; a run folder must contain {METRICS_FILE} (one JSON object per iteration)"
         )
     # errors="replace": a write cut inside a multi-byte character must only spoil the last line.

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from llmac.errors import ConfigError
 from llmac.models import TinyModelConfig, build_tiny_model, load_tokenizer
 from llmac.steps import DEFAULT_DELIMITER
 
@@ -115,7 +116,7 @@ def load_critic(path: str | Path, dtype: str | torch.dtype = "float32") -> PreTr
     config = AutoConfig.from_pretrained(str(path))
     token_classifier = any(a.endswith("ForTokenClassification") for a in config.architectures or [])
     if getattr(config, "num_labels", None) != 1 or not token_classifier:
-        raise ValueError(
+        raise ConfigError(
             f"{path} is not a step critic: its config has num_labels={config.num_labels} and "
             f"architectures={config.architectures}; expected a *ForTokenClassification with num_labels=1 "
             "(a token-classification head with one value logit). To start a critic from an actor, use "

@@ -45,6 +45,7 @@ from llmac.distributed import (
     sum_over_processes,
 )
 from llmac.engines import EngineConfig, build_engine
+from llmac.errors import ConfigError
 from llmac.losses import explained_variance, kl_penalty, masked_mean
 from llmac.models import load_tokenizer
 from llmac.outputs import finish_output, prepare_output, save_final_folder
@@ -81,7 +82,7 @@ class PPOTrainer:
         self.estimator = get_estimator(config.advantage_estimator)
         actor_path = Path(model_config.model_name_or_path)
         if not (actor_path / "config.json").is_file():
-            raise ValueError(f"llmac ppo: model_name_or_path must be a saved actor folder, got {actor_path}")
+            raise ConfigError(f"llmac ppo: model_name_or_path must be a saved actor folder, got {actor_path}")
         trackers = [t.strip() for t in config.report_to.split(",") if t.strip() not in ("", "none")]
         self.accelerator = make_accelerator(log_with=trackers or None, project_dir=config.output_dir)
         configure_deepspeed(self.accelerator, config.mini_batch_size, config.max_grad_norm)

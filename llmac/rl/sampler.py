@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from llmac.data.loading import format_prompt
 from llmac.engines.base import Completion, RolloutEngine, SamplingConfig
+from llmac.errors import ConfigError
 from llmac.evaluation import direct_answer_share
 from llmac.rewards.checks import verify
 from llmac.rewards.registry import RewardFn
@@ -61,7 +62,7 @@ class Prompts:
         if skipped:
             logger.warning("skipped %d prompts longer than max_prompt_length=%d", skipped, max_length)
         if not ids:
-            raise ValueError(f"every prompt is longer than max_prompt_length={max_length} tokens")
+            raise ConfigError(f"every prompt is longer than max_prompt_length={max_length} tokens")
         return cls(ids, answers, skipped)
 
 
