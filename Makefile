@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench smollm2
 
 setup: $(VENV)/.llmac-installed
 
@@ -18,6 +18,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check llmac tests bench
 	$(VENV)/bin/ruff format --check llmac tests bench
+
+# SmolLM2-135M-Instruct imported once into ~/.cache/llmac/smollm2 (LLMAC_CACHE moves it); not part of setup/test.
+smollm2: setup
+	LLMAC_VENV=$(VENV) bash scripts/fetch_smollm2.sh
 
 bench: setup
 	for b in bench/*.py; do $(VENV)/bin/python $$b --quick || exit 1; done

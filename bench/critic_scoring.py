@@ -22,7 +22,13 @@ Default problems have 6-8 numbers: 5-7 operations, so 6-8 steps with the ``Answe
 jobs load the CPU, torch's default threads spin against them and every time grows many-fold (the ratio
 barely moves); ``--threads 1`` keeps the run short.
 
+With ``--model PATH`` the critic is ``init_critic`` on a real model's folder (e.g. SmolLM2-135M-Instruct
+from ``make smollm2``: ``LlamaForTokenClassification``), the gold solutions follow reasoning-gym's
+English questions in its chat template, and the figures go to
+``bench/results/critic_scoring-<model>[-quick].json``.
+
     python bench/critic_scoring.py --quick
+    python bench/critic_scoring.py --model ~/.cache/llmac/smollm2/SmolLM2-135M-Instruct --completions 16 --threads 1
 """
 
 from __future__ import annotations
@@ -36,13 +42,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from helpers.bench_actor import add_actor_args, build_actor
+from helpers.bench_actor import actor_description, actor_folder, add_actor_args, arithmetic_task, bench_name
 from helpers.results import BenchRecord, add_results_arg, summary_line
 from helpers.token_batches import padded_tokens, token_batches
 
 from llmac.critic.model import critic_delimiter, init_critic, load_critic_tokenizer
 from llmac.critic.scoring import CriticExample, encode_example, score_examples
-from llmac.data import ArithmeticTaskConfig, arithmetic_dataset
+from llmac.data import arithmetic_dataset
 
 TOLERANCE = 1e-4
 
@@ -135,20 +141,20 @@ def max_difference(a: list[list[float]], b: list[list[float]]) -> float:
 
 def main() -> None:
     args = parse_args()
-    record = BenchRecord("critic_scoring", args)
+    record = BenchRecord(bench_name("critic_scoring", args), args)
     wall = record.started
     if args.threads:
         torch.set_num_threads(args.threads)
     completions = args.completions or (64 if args.quick else 256)
     repeats = args.repeats or (3 if args.quick else 5)
-    task = ArithmeticTaskConfig(min_terms=args.min_terms, max_terms=args.max_terms)
+    task = arithmetic_task(args, min_terms=args.min_terms, max_terms=args.max_terms)
     rows = arithmetic_dataset(completions, seed=args.seed + 1, config=task)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        model_dir = build_actor(Path(tmp) / "tiny", args)
+        model_dir = actor_folder(Path(tmp), args)
         critic = init_critic(model_dir)
         tokenizer = load_critic_tokenizer(model_dir)
-        print(f"built the critic ({args.train_steps} actor steps) in {time.perf_counter() - started:.1f}s")
+        print(f"built the critic on the {actor_description(args)} in {time.perf_counter() - started:.1f}s")
     delimiter = critic_delimiter(critic)
     examples: list[CriticExample] = [
         encode_example(tokenizer, q, s, delimiter)
@@ -193,7 +199,7 @@ def main() -> None:
         print(f"{name}: {len(batches[name])} forward passes of <= {args.batch_tokens} tokens, "
               f"{padded[name]} tokens computed (padding included)")  # fmt: skip
     print(
-        f"critic: {parameters / 1e6:.2f}M parameters (hidden {args.hidden_size}, {args.layers} layers); "
+        f"critic: {parameters / 1e6:.2f}M parameters ({actor_description(args)}); "
         f"torch threads {torch.get_num_threads()}"
     )
     spread = [v for vs in values["single_pass"] for v in vs]

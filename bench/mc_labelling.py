@@ -16,7 +16,13 @@ other work HF's many small per-token ops slow down several-fold, so compare runs
 The figures and the command go to ``bench/results/mc_labelling[-quick].json``; the last line printed
 is ``ratio=<hf/vllm> ...``.
 
+With ``--model PATH`` a real model's folder (e.g. SmolLM2-135M-Instruct from ``make smollm2``) samples
+and labels its own solutions to reasoning-gym's English questions, into
+``bench/results/mc_labelling-<model>[-quick].json``; ``--no-prefix-caching`` turns vLLM's prefix
+cache off to show what it is worth.
+
     python bench/mc_labelling.py --quick
+    python bench/mc_labelling.py --model ~/.cache/llmac/smollm2/SmolLM2-135M-Instruct --solutions 3 --n 4
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ import time
 from pathlib import Path
 
 import torch
-from helpers.bench_actor import add_actor_args, build_actor
+from helpers.bench_actor import actor_description, actor_folder, add_actor_args, arithmetic_task, bench_name
 from helpers.results import BenchRecord, add_results_arg, summary_line
+from helpers.vllm_settings import add_vllm_args, vllm_kwargs
 
 from llmac.critic.labelling import MCLabelConfig, label_steps
 from llmac.data import arithmetic_dataset
@@ -57,6 +64,7 @@ def parse_args() -> argparse.Namespace:
         "--repeats", type=int, default=None, help="Timed jobs per engine (default 3, quick 3)."
     )
     add_actor_args(parser, train_steps=40)
+    add_vllm_args(parser)
     parser.add_argument(
         "--hf-batch-size",
         type=int,
@@ -75,7 +83,7 @@ def timed_labels(engine, solutions, config: MCLabelConfig):
 
 def main() -> None:
     args = parse_args()
-    record = BenchRecord("mc_labelling", args)
+    record = BenchRecord(bench_name("mc_labelling", args), args)
     wall = record.started
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the figures readable
     from llmac.engines.vllm import VLLMEngine
@@ -91,16 +99,19 @@ def main() -> None:
         batch_size=num_solutions,  # one engine call per job
     )
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "tiny"
-        build_actor(model_dir, args)
+        model_dir = actor_folder(Path(tmp), args)
 
         started = time.perf_counter()
-        vllm_engine = VLLMEngine(model_dir, dtype="float32", max_model_len=512, seed=args.seed)
+        vllm_engine = VLLMEngine(
+            model_dir, dtype="float32", max_model_len=512, seed=args.seed, **vllm_kwargs(args)
+        )
         print(f"vLLM engine started in {time.perf_counter() - started:.1f}s")
         hf_engine = None
         try:
             started = time.perf_counter()
-            questions = arithmetic_dataset(num_solutions + 2, seed=args.seed + 2)
+            questions = arithmetic_dataset(
+                num_solutions + 2, seed=args.seed + 2, config=arithmetic_task(args)
+            )
             sampling = SamplingConfig(n=1, temperature=1.0, max_new_tokens=128, seed=args.seed)
             solutions = sample_rollouts(vllm_engine, questions, sampling, math_rewards, progress=False)
             warm_up, solutions = solutions.select(range(2)), solutions.select(range(2, len(solutions)))
@@ -131,8 +142,8 @@ def main() -> None:
     total = {name: sum(values) for name, values in times.items()}
     best = {name: min(values) for name, values in times.items()}
     print(
-        f"workload: {len(solutions)} solutions, N={args.n}, <= {max_new_tokens} new tokens per "
-        f"continuation, temperature {args.temperature}; HF batch {hf_engine.batch_size}, "
+        f"workload: {actor_description(args)}; {len(solutions)} solutions, N={args.n}, <= {max_new_tokens} new tokens per "
+        f"continuation, temperature {args.temperature}; prefix caching {'on' if args.prefix_caching else 'off'}; HF batch {hf_engine.batch_size}, "
         f"torch threads {torch.get_num_threads()}"
     )
     for name in ("vllm", "hf"):

@@ -17,7 +17,13 @@ one, which HF's static batch keeps decoding (padded) while vLLM's continuous bat
 ``--max-new-tokens 64`` this 0.5M-parameter model is pure per-step overhead and full-batch HF is
 faster than vLLM on 2 CPU cores.
 
+With ``--model PATH`` the same run measures a real model's folder as it is (e.g. SmolLM2-135M-Instruct
+from ``make smollm2``), on reasoning-gym's English questions, into
+``bench/results/rollout_throughput-<model>[-quick].json``; ``--no-prefix-caching`` and
+``--kv-cache-gib`` vary the vLLM engine.
+
     python bench/rollout_throughput.py --quick
+    python bench/rollout_throughput.py --model ~/.cache/llmac/smollm2/SmolLM2-135M-Instruct --prompts 4 --repeats 1
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import time
 from pathlib import Path
 
 import torch
-from helpers.bench_actor import add_actor_args, build_actor
+from helpers.bench_actor import actor_description, actor_folder, add_actor_args, arithmetic_task, bench_name
 from helpers.results import BenchRecord, add_results_arg, summary_line
+from helpers.vllm_settings import add_vllm_args, vllm_kwargs
 
 from llmac.data import arithmetic_dataset
 from llmac.engines import SamplingConfig
@@ -57,6 +64,7 @@ def parse_args() -> argparse.Namespace:
         "--repeats", type=int, default=None, help="Timed calls per engine (default 10, quick 3)."
     )
     add_actor_args(parser, train_steps=40)
+    add_vllm_args(parser)
     parser.add_argument(
         "--hf-batch-size", type=int, default=None, help="Sequences per HF generate (default: all)."
     )
@@ -77,7 +85,7 @@ def timed_call(engine, prompts: list[str], sampling: SamplingConfig) -> tuple[in
 
 def main() -> None:
     args = parse_args()
-    record = BenchRecord("rollout_throughput", args)
+    record = BenchRecord(bench_name("rollout_throughput", args), args)
     wall = record.started
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the figures readable
     from llmac.engines.vllm import VLLMEngine
@@ -87,17 +95,19 @@ def main() -> None:
         n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.sampling_seed
     )
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "tiny"
-        build_actor(model_dir, args)
+        model_dir = actor_folder(Path(tmp), args)
 
         started = time.perf_counter()
-        vllm_engine = VLLMEngine(model_dir, dtype="float32", max_model_len=512, seed=args.seed)
+        vllm_engine = VLLMEngine(
+            model_dir, dtype="float32", max_model_len=512, seed=args.seed, **vllm_kwargs(args)
+        )
         print(f"vLLM engine started in {time.perf_counter() - started:.1f}s")
         hf_engine = HFEngine(
             model_dir, dtype="float32", batch_size=args.hf_batch_size or args.prompts * args.n
         )
         tokenizer = hf_engine.tokenizer
-        questions = arithmetic_dataset(args.prompts, seed=args.seed + 2)["question"]
+        rows = arithmetic_dataset(args.prompts, seed=args.seed + 2, config=arithmetic_task(args))
+        questions = rows["question"]
         prompts = [
             tokenizer.apply_chat_template(
                 [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
@@ -121,8 +131,8 @@ def main() -> None:
     overall = {name: sum(t for t, _ in runs) / sum(s for _, s in runs) for name, runs in calls.items()}
     best = {name: max(t / s for t, s in runs) for name, runs in calls.items()}
     print(
-        f"workload: {args.prompts} prompts x n={args.n} x <= {args.max_new_tokens} new tokens, "
-        f"temperature {args.temperature}; HF batch {hf_engine.batch_size}, torch threads {torch.get_num_threads()}; "
+        f"workload: {actor_description(args)}; {args.prompts} prompts x n={args.n} x <= {args.max_new_tokens} new tokens, "
+        f"temperature {args.temperature}; prefix caching {'on' if args.prefix_caching else 'off'}; HF batch {hf_engine.batch_size}, torch threads {torch.get_num_threads()}; "
         f"vLLM allocator {'tcmalloc' if vllm_engine.tcmalloc else 'default (no tcmalloc on this system)'}"
     )
     for name in ("vllm", "hf"):
@@ -135,7 +145,13 @@ def main() -> None:
         "hf_tokens_per_s": round(overall["hf"]),
         "hf_batch": hf_engine.batch_size,
     }
-    details = {"calls": calls, "torch_threads": torch.get_num_threads(), "tcmalloc": vllm_engine.tcmalloc}
+    prompt_tokens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    details = {
+        "calls": calls,
+        "mean_prompt_tokens": round(sum(prompt_tokens) / len(prompts), 1),
+        "torch_threads": torch.get_num_threads(),
+        "tcmalloc": vllm_engine.tcmalloc,
+    }
     print(f"results: {record.save(figures, details)}")
     print(summary_line(figures))
 

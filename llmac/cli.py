@@ -28,7 +28,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("llmac.generate", "eval_main", "pass@1, pass@k and maj@k of an actor on a task"),
     "critic": ("llmac.critic.cli", "main", "step critic: label | train | eval | score | inspect"),
     "ppo": ("llmac.ppo.trainer", "main", "PPO with a step-level critic (vLLM rollouts, DeepSpeed)"),
+    "dapo": ("llmac.dapo.cli", "main", "Direct Advantage Policy Optimization (Skywork): build | train"),
     "export": ("llmac.hub", "main", "make a model or dataset Hub-ready (safetensors, card), optionally push"),
+    "import-gguf": ("llmac.gguf_import", "main", "a GGUF checkpoint as a checked from_pretrained folder"),
     "plot": ("llmac.plot", "main", "PNG training curves of a run folder (metrics.jsonl)"),
     "demo": ("llmac.demo", "main", "the CPU demo: SFT -> eval -> MC step labels -> step critic -> PPO"),
 }
@@ -56,6 +58,7 @@ INPUT_FIELDS: dict[str, str] = {
     "train_path": "data file",
     "eval_path": "data file",
     "ppo_recipe": "recipe file",
+    "gguf": "GGUF file",
 }
 
 
@@ -161,7 +164,7 @@ def command_name(argv: Sequence[str]) -> str:
     """``llmac critic train`` for ``["critic", "train", ...]``: the words before the first flag."""
     words = []
     for arg in argv[:2]:
-        if arg.startswith("-") or (words and words[0] != "critic"):
+        if arg.startswith("-") or (words and words[0] not in ("critic", "dapo")):
             break
         words.append(arg)
     return " ".join(["llmac", *words])

@@ -6,57 +6,61 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field
 from functools import partial
 from types import MappingProxyType
 
 from llmac.errors import ConfigError, LlmacError
-from llmac.validation import check_fields, require
+from llmac.validation import CHOICES, RANGE, check_fields, require_multiple
 
 logger = logging.getLogger(__name__)
+
+
+def option(
+    default=MISSING,
+    help: str | None = None,
+    *,
+    range: str | None = None,
+    choices: Sequence | None = None,
+    factory=MISSING,
+) -> Field:
+    """A documented config field: ``field(default=..., metadata={"help": ..., "range": ..., "choices": ...})``
+    with the metadata keys given (``range``/``choices``: see :mod:`llmac.validation`). ``factory`` is the
+    ``default_factory`` of a mutable default; with neither default nor factory the field is required."""
+    given = {"help": help, RANGE: range, CHOICES: choices}
+    metadata = {key: value for key, value in given.items() if value is not None}
+    return field(default=default, default_factory=factory, metadata=metadata)
 
 
 @dataclass
 class ModelConfig:
     """The actor to start from."""
 
-    model_name_or_path: str = field(
-        default="tiny",
-        metadata={
-            "help": "A local folder or Hub id loaded with from_pretrained, or 'tiny' to build the CPU "
-            "demo's tiny Qwen2 (character-level tokenizer trained on the task's text)."
-        },
+    model_name_or_path: str = option(
+        "tiny",
+        "A local folder or Hub id loaded with from_pretrained, or 'tiny' to build the CPU "
+        "demo's tiny Qwen2 (character-level tokenizer trained on the task's text).",
     )
-    dtype: str = field(
-        default="float32",
-        metadata={
-            "help": "float32, bfloat16, float16, or auto (the checkpoint's).",
-            "choices": ("float32", "bfloat16", "float16", "auto"),
-        },
+    dtype: str = option(
+        "float32",
+        "float32, bfloat16, float16, or auto (the checkpoint's).",
+        choices=("float32", "bfloat16", "float16", "auto"),
     )
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "range": "[1, inf)"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "range": "[1, inf)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout.", "range": "[0, 1)"})
-    lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or comma-separated names."}
+    use_lora: bool = option(False, "Train LoRA adapters instead of all weights.")
+    lora_r: int = option(16, "LoRA rank.", range="[1, inf)")
+    lora_alpha: int = option(32, "LoRA alpha.", range="[1, inf)")
+    lora_dropout: float = option(0.0, "LoRA dropout.", range="[0, 1)")
+    lora_target_modules: str = option(
+        "all-linear", "LoRA target modules: 'all-linear' or comma-separated names."
     )
-    tiny_hidden_size: int = field(default=128, metadata={"help": "model=tiny: width.", "range": "[1, inf)"})
-    tiny_num_layers: int = field(default=2, metadata={"help": "model=tiny: layers.", "range": "[1, inf)"})
-    tiny_num_heads: int = field(
-        default=4, metadata={"help": "model=tiny: attention heads.", "range": "[1, inf)"}
-    )
-    tiny_intermediate_size: int = field(
-        default=512, metadata={"help": "model=tiny: MLP width.", "range": "[1, inf)"}
-    )
+    tiny_hidden_size: int = option(128, "model=tiny: width.", range="[1, inf)")
+    tiny_num_layers: int = option(2, "model=tiny: layers.", range="[1, inf)")
+    tiny_num_heads: int = option(4, "model=tiny: attention heads.", range="[1, inf)")
+    tiny_intermediate_size: int = option(512, "model=tiny: MLP width.", range="[1, inf)")
 
     def __post_init__(self) -> None:
         check_fields(self)
-        require(
-            self,
-            self.tiny_hidden_size % self.tiny_num_heads == 0,
-            f"tiny_hidden_size ({self.tiny_hidden_size}) must be a multiple of tiny_num_heads ({self.tiny_num_heads})",
-        )
+        require_multiple(self, "tiny_hidden_size", of="tiny_num_heads")
 
     def lora_settings(self):
         from llmac.models import LoraSettings

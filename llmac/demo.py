@@ -27,13 +27,13 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from datasets import Dataset, load_from_disk
 from trl import SFTConfig
 
-from llmac.config import ModelConfig, parse_config
+from llmac.config import ModelConfig, option, parse_config
 from llmac.critic.evaluation import evaluate_on_labels, evaluate_selection
 from llmac.critic.labelling import MCLabelConfig, label_steps
 from llmac.critic.model import critic_delimiter, load_critic, load_critic_tokenizer
@@ -70,56 +70,32 @@ logger = logging.getLogger(__name__)
 class DemoConfig:
     """Where the demo writes, how it evaluates, and how big the critic stages are."""
 
-    run_dir: str = field(default="runs/demo", metadata={"help": "Folder for every stage's output."})
-    eval_samples: int = field(
-        default=8,
-        metadata={"help": "Samples per held-out problem: pass@1, maj@k and best-of-k.", "range": "[1, inf)"},
+    run_dir: str = option("runs/demo", "Folder for every stage's output.")
+    eval_samples: int = option(
+        8, "Samples per held-out problem: pass@1, maj@k and best-of-k.", range="[1, inf)"
     )
-    eval_temperature: float = field(
-        default=1.0, metadata={"help": "Temperature of the sampled evaluation.", "range": "[0, inf)"}
+    eval_temperature: float = option(1.0, "Temperature of the sampled evaluation.", range="[0, inf)")
+    eval_max_new_tokens: int = option(96, "Tokens per completion at most.", range="[1, inf)")
+    critic_questions: int = option(
+        256, "Training problems whose sampled solutions the critic learns from.", range="[1, inf)"
     )
-    eval_max_new_tokens: int = field(
-        default=96, metadata={"help": "Tokens per completion at most.", "range": "[1, inf)"}
+    critic_solutions: int = option(4, "Solutions sampled per such problem.", range="[1, inf)")
+    mc_rollouts: int = option(8, "MC completions per step prefix (N of Math-Shepherd).", range="[1, inf)")
+    held_out_labelled: int = option(
+        400,
+        "Held-out solutions MC-labelled for the critic's step AUC (the first ones sampled).",
+        range="[1, inf)",
     )
-    critic_questions: int = field(
-        default=256,
-        metadata={
-            "help": "Training problems whose sampled solutions the critic learns from.",
-            "range": "[1, inf)",
-        },
+    critic_max_steps: int = option(300, "Critic training steps.", range="[1, inf)")
+    critic_batch_size: int = option(32, "Critic training batch (solutions).", range="[1, inf)")
+    critic_learning_rate: float = option(1e-3, "Critic learning rate.", range="(0, inf)")
+    ppo_recipe: str = option(
+        "recipes/ppo/tiny_mixed.yaml",
+        "PPO recipe (its PPOConfig fields are used with step-level GAE; actor, critic and task "
+        "come from the demo).",
     )
-    critic_solutions: int = field(
-        default=4, metadata={"help": "Solutions sampled per such problem.", "range": "[1, inf)"}
-    )
-    mc_rollouts: int = field(
-        default=8,
-        metadata={"help": "MC completions per step prefix (N of Math-Shepherd).", "range": "[1, inf)"},
-    )
-    held_out_labelled: int = field(
-        default=400,
-        metadata={
-            "help": "Held-out solutions MC-labelled for the critic's step AUC (the first ones sampled).",
-            "range": "[1, inf)",
-        },
-    )
-    critic_max_steps: int = field(
-        default=300, metadata={"help": "Critic training steps.", "range": "[1, inf)"}
-    )
-    critic_batch_size: int = field(
-        default=32, metadata={"help": "Critic training batch (solutions).", "range": "[1, inf)"}
-    )
-    critic_learning_rate: float = field(
-        default=1e-3, metadata={"help": "Critic learning rate.", "range": "(0, inf)"}
-    )
-    ppo_recipe: str = field(
-        default="recipes/ppo/tiny_arithmetic.yaml",
-        metadata={
-            "help": "PPO recipe (its PPOConfig fields are used; actor, critic and task come from the demo)."
-        },
-    )
-    ppo_iterations: int | None = field(
-        default=None,
-        metadata={"help": "PPO iterations; None keeps the recipe's num_iterations.", "range": "[1, inf)"},
+    ppo_iterations: int | None = option(
+        None, "PPO iterations; None keeps the recipe's num_iterations.", range="[1, inf)"
     )
 
     def __post_init__(self) -> None:
@@ -243,7 +219,7 @@ def _label(engine, solutions: Dataset, mc: MCLabelConfig, path: Path, inputs: di
 
 
 def _ppo_config(demo: DemoConfig, output_dir: Path, seed: int) -> PPOConfig:
-    """The PPO recipe's settings, writing to ``output_dir``."""
+    """The PPO recipe's settings, writing to ``output_dir`` (its estimator is replaced by step GAE)."""
     overrides = ["--config", demo.ppo_recipe, "--output_dir", str(output_dir), "--seed", str(seed)]
     if demo.ppo_iterations is not None:
         overrides += ["--num_iterations", str(demo.ppo_iterations)]
@@ -394,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ModelConfig(model_name_or_path=str(sft_dir)),
             task_config,
             engine_config,
-            replace(ppo_config, value_model=str(critic_dir)),
+            replace(ppo_config, value_model=str(critic_dir), advantage_estimator="step_gae"),
         ),
         parts=("actor", "critic"),
     )

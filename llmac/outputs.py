@@ -27,10 +27,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmac import __version__
+from llmac.config import option
 from llmac.errors import OutputError
 from llmac.files import write_text_atomically
 
@@ -65,14 +66,12 @@ _SHOWN_ENTRIES = 4
 
 def overwrite_field() -> bool:
     """The ``overwrite`` field every command that writes an output folder declares."""
-    return field(
-        default=False,
-        metadata={
-            "help": "Replace an output that an earlier llmac command wrote (like transformers' old "
-            "overwrite_output_dir). Without it such an output is refused, unless it is this command's own "
-            "unfinished or resumable run, which is resumed. What llmac did not write, and the command's "
-            "own inputs, are never replaced."
-        },
+    return option(
+        False,
+        "Replace an output that an earlier llmac command wrote (like transformers' old "
+        "overwrite_output_dir). Without it such an output is refused, unless it is this command's own "
+        "unfinished or resumable run, which is resumed. What llmac did not write, and the command's "
+        "own inputs, are never replaced.",
     )
 
 

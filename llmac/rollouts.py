@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,15 +57,10 @@ def sample_rollouts(
         inputs = {"prompts": prompts, "answers": answers, "batch_size": batch_size, "sampling": repr(sampling),
                   **job_fingerprint(engine, reward_fn)}  # fmt: skip
         shards = ShardStore(shard_dir, inputs, job="rollout")
-    done: list[Dataset] = []
-    bar = tqdm(total=len(prompts), desc="rollouts", unit="prompt", disable=not progress)
-    for number, start in enumerate(range(0, len(prompts), batch_size)):
-        chunk = range(start, min(start + batch_size, len(prompts)))
-        if shards is not None and (finished := shards.load(number)) is not None:
-            done.append(finished)
-            bar.update(len(chunk))
-            continue
+
+    def sample(number: int, start: int, stop: int) -> Dataset:
         records: dict[str, list] = {key: [] for key in _COLUMNS}
+        chunk = range(start, stop)
         # VLLMEngine seeds sample k of a call's i-th prompt with seed + i * n + k; offsetting each chunk
         # by start * n keeps every (prompt, sample) seed of the run distinct across chunks.
         chunk_seed = None if sampling.seed is None else sampling.seed + start * sampling.n
@@ -77,10 +72,26 @@ def sample_rollouts(
             for k, completion in enumerate(group):
                 row = (i, questions[i], answers[i], prompts[i], k)
                 _append(records, row, completion, next(rewards), engine.delimiter)
-        done.append(Dataset.from_dict(records))
-        if shards is not None:
-            shards.save(number, done[-1])
-        bar.update(len(chunk))
+        return Dataset.from_dict(records)
+
+    return run_in_shards(len(prompts), batch_size, sample, shards, "rollouts", "prompt", progress)
+
+
+def run_in_shards(size: int, batch_size: int, compute: Callable[[int, int, int], Dataset],
+                  shards: ShardStore | None, desc: str, unit: str, progress: bool = True) -> Dataset:  # fmt: skip
+    """``compute(number, start, stop)`` for every batch ``number`` of ``range(size)``, concatenated in
+    order. With ``shards``, each finished batch is saved there and a rerun loads it instead."""
+    done: list[Dataset] = []
+    bar = tqdm(total=size, desc=desc, unit=unit, disable=not progress)
+    for number, start in enumerate(range(0, size, batch_size)):
+        stop = min(start + batch_size, size)
+        shard = shards.load(number) if shards is not None else None
+        if shard is None:
+            shard = compute(number, start, stop)
+            if shards is not None:
+                shards.save(number, shard)
+        done.append(shard)
+        bar.update(stop - start)
     bar.close()
     return concatenate_datasets(done)
 

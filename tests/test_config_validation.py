@@ -44,6 +44,7 @@ REQUIRED = {
     "PromptDataConfig": {"path": "data.jsonl"},
     "CriticDataConfig": {"init_from": "runs/sft", "train_data": "labels"},
     "CriticConfig": {"output_dir": "runs/test-config-validation", "report_to": "none"},
+    "ImportGGUFConfig": {"gguf": "model.gguf", "output_dir": "runs/imported"},
 }
 # Numbers that are right whatever their value, with the reason; every other number declares a range.
 UNBOUNDED = {
@@ -234,3 +235,45 @@ def test_ranges_show_in_the_cli_help():
 def test_malformed_ranges_are_refused(text):
     with pytest.raises(ValueError, match="bad interval"):
         Interval.parse(text)
+
+
+def test_option_builds_the_field_the_parser_and_checks_read():
+    from dataclasses import dataclass, field
+
+    from llmac.config import option
+
+    @dataclass
+    class Spelled:
+        a: int = field(default=8, metadata={"help": "A.", "range": "[1, inf)"})
+        b: str = field(default="x", metadata={"help": "B.", "choices": ("x", "y")})
+        c: dict = field(default_factory=dict, metadata={"help": "C."})
+        d: str | None = field(default=None, metadata={"help": "D."})
+
+    @dataclass
+    class Optioned:
+        a: int = option(8, "A.", range="[1, inf)")
+        b: str = option("x", "B.", choices=("x", "y"))
+        c: dict = option(help="C.", factory=dict)
+        d: str | None = option(None, "D.")
+
+    for spelled, optioned in zip(fields(Spelled), fields(Optioned), strict=True):
+        assert dict(optioned.metadata) == dict(spelled.metadata)  # no key added, none dropped
+        assert (optioned.default, optioned.default_factory) == (spelled.default, spelled.default_factory)
+    assert Optioned().c == {} and Optioned().c is not Optioned().c
+
+    @dataclass
+    class Required:
+        e: str = option(help="E.")
+
+    assert fields(Required)[0].default is MISSING
+    with pytest.raises(TypeError, match="missing 1 required"):
+        Required()
+
+
+def test_require_multiple_names_both_fields():
+    from llmac.models import TinyModelConfig
+
+    with pytest.raises(
+        ConfigError, match=r"^TinyModelConfig: hidden_size \(130\) must be a multiple of num_heads \(4\)$"
+    ):
+        TinyModelConfig(hidden_size=130, num_heads=4)

@@ -179,20 +179,97 @@ def test_load_gsm8k_comma_gold_and_blank_lines(gsm8k_dir):
     assert train[terry]["answer"] == "30"
 
 
-def test_load_gsm8k_default_dir_and_env(gsm8k_dir, tmp_path, monkeypatch):
+HUB_ROWS = {  # two rows in openai/gsm8k's layout: annotations, a comma in the gold, a blank line
+    "question": ["Tom has 3 bags of 4 apples. How many apples?", "A farm has 1,200 cows and buys 300. Cows?"],
+    "answer": ["3 * 4 = <<3*4=12>>12 apples\n#### 12", "1200 + 300 = <<1200+300=1500>>1500\n\n#### 1,500"],
+}
+
+
+def _fake_hub(calls, rows=HUB_ROWS, error=None):
+    def load_dataset(name, config=None, split=None, **kwargs):
+        calls.append((name, config, split))
+        if error is not None:
+            raise error
+        return Dataset.from_dict(rows)
+
+    return load_dataset
+
+
+def test_load_gsm8k_reads_the_hub_by_default(monkeypatch):
+    import llmac.data.gsm8k as gsm8k
+
+    calls = []
     monkeypatch.delenv(GSM8K_DIR_ENV, raising=False)
-    assert len(load_gsm8k("test")) == 1319  # ../shared/data/gsm8k from the repository root
-    _write_jsonl(tmp_path / "train.jsonl", [{"question": "q", "answer": "x\n#### 7"}])
-    monkeypatch.setenv(GSM8K_DIR_ENV, str(tmp_path))
-    assert load_gsm8k("train").to_dict() == {
-        "question": ["q"],
-        "answer": ["7"],
-        "solution": ["x\nThe answer is 7"],
+    monkeypatch.setattr(gsm8k, "load_dataset", _fake_hub(calls))
+    assert load_gsm8k("test").to_dict() == {
+        "question": HUB_ROWS["question"],
+        "answer": ["12", "1500"],
+        "solution": ["3 * 4 = 12 apples\nThe answer is 12", "1200 + 300 = 1500\nThe answer is 1500"],
     }
+    load_gsm8k("validation", dataset_name="me/gsm8k-mirror", dataset_config=None)
+    assert calls == [("openai/gsm8k", "main", "test"), ("me/gsm8k-mirror", None, "validation")]
+
+
+def test_load_gsm8k_offline_names_the_local_option(monkeypatch):
+    import llmac.data.gsm8k as gsm8k
+
+    monkeypatch.delenv(GSM8K_DIR_ENV, raising=False)
+    offline = ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)\nmore")
+    monkeypatch.setattr(gsm8k, "load_dataset", _fake_hub([], error=offline))
+    with pytest.raises(DataError) as caught:
+        load_gsm8k("train")
+    assert str(caught.value) == (
+        "openai/gsm8k (config 'main', split 'train'): datasets.load_dataset failed (ConnectionError: "
+        "Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)); offline, pass --gsm8k_dir "
+        f"(or set {GSM8K_DIR_ENV}) to a folder holding GSM8K's train.jsonl and test.jsonl"
+    )
+    assert caught.value.__cause__ is offline
+
+
+def test_load_gsm8k_hub_rows_are_checked(monkeypatch):
+    import llmac.data.gsm8k as gsm8k
+
+    monkeypatch.delenv(GSM8K_DIR_ENV, raising=False)
+    rows = {"question": ["q1", " "], "answer": ["no marker", "x\n#### 2"]}
+    monkeypatch.setattr(gsm8k, "load_dataset", _fake_hub([], rows=rows))
+    with pytest.raises(
+        DataError, match=r"row 1: field 'answer' has no '#### '(.|\n)*row 2: field 'question'"
+    ):
+        load_gsm8k("train")
+    monkeypatch.setattr(gsm8k, "load_dataset", _fake_hub([], rows={"problem": ["q"], "answer": ["#### 1"]}))
+    with pytest.raises(DataError, match=r"no column 'question' \(columns: problem, answer\)"):
+        load_gsm8k("train")
+
+
+def test_load_gsm8k_local_folder_and_env(gsm8k_dir, tmp_path, monkeypatch):
+    import llmac.data.gsm8k as gsm8k
+
+    monkeypatch.setattr(gsm8k, "load_dataset", lambda *a, **k: pytest.fail("went to the Hub"))
+    monkeypatch.setenv(GSM8K_DIR_ENV, str(gsm8k_dir))
+    assert len(load_gsm8k("test")) == 1319  # the environment variable's folder (tests/conftest.py sets it)
+    _write_jsonl(tmp_path / "train.jsonl", [{"question": "q", "answer": "x\n#### 7"}])
+    expected = {"question": ["q"], "answer": ["7"], "solution": ["x\nThe answer is 7"]}
+    assert load_gsm8k("train", data_dir=tmp_path).to_dict() == expected  # data_dir wins over the variable
+    monkeypatch.setenv(GSM8K_DIR_ENV, str(tmp_path))
+    assert load_gsm8k("train").to_dict() == expected
     with pytest.raises(DataError, match=rf"test.jsonl: GSM8K file not found .*{GSM8K_DIR_ENV}"):
         load_gsm8k("test")
-    with pytest.raises(ValueError, match="split"):
-        load_gsm8k("validation")
+
+
+def test_gsm8k_task_passes_its_dataset_fields(gsm8k_dir, monkeypatch):
+    import llmac.data.gsm8k as gsm8k
+    from llmac.data.tasks import TaskConfig, load_task
+
+    calls = []
+    monkeypatch.delenv(GSM8K_DIR_ENV, raising=False)
+    monkeypatch.setattr(gsm8k, "load_dataset", _fake_hub(calls))
+    hub = TaskConfig(task="gsm8k", dataset_name="me/mirror", dataset_config=None, dataset_test_split="dev")
+    assert load_task(hub, "eval")["answer"] == ["12", "1500"]
+    assert load_task(hub, "rl").column_names == ["question", "answer"]
+    assert calls == [("me/mirror", None, "dev"), ("me/mirror", None, "train")]
+    local = TaskConfig(task="gsm8k", gsm8k_dir=str(gsm8k_dir), num_train=5, num_eval=3)
+    assert len(load_task(local, "train")) == 5 and load_task(local, "eval")["answer"][0] == "18"
+    assert len(calls) == 2  # the local folder never asks the Hub
 
 
 def _same_number(predicted: str, gold: str) -> bool:

@@ -16,6 +16,7 @@ from llmac.metrics_log import MetricsLog
 from llmac.outputs import MARKER, write_marker
 
 PPO_RECIPE = """
+advantage_estimator: grpo  # the demo's PPO stage replaces it by step GAE over its critic
 num_iterations: 2
 prompts_per_iteration: 8
 samples_per_prompt: 4
@@ -34,7 +35,7 @@ def _argv(tmp_path) -> list[str]:
     recipe = tmp_path / "ppo.yaml"
     recipe.write_text(PPO_RECIPE)
     return [
-        "--run_dir", str(tmp_path / "demo"), "--task", "arithmetic", "--num_train", "2000", "--num_eval", "16",
+        "--run_dir", str(tmp_path / "demo"), "--task", "arithmetic_mixed", "--num_train", "2000", "--num_eval", "16",
         "--max_steps", "100", "--per_device_train_batch_size", "32", "--learning_rate", "1e-3",
         "--warmup_steps", "10", "--logging_steps", "50", "--save_steps", "100", "--report_to", "none",
         "--bf16", "false", "--max_length", "128", "--seed", "0",
@@ -56,7 +57,7 @@ def test_demo_runs_the_whole_spine_and_a_rerun_reuses_every_stage(tmp_path):
     assert [it for it, _ in results["ppo_held_out_accuracy"]] == [0, 1, 2]
     assert results["ppo_held_out_accuracy"][0][1] == results["sft_greedy_accuracy"]  # same actor, same eval
     assert (run / "ppo" / "plots").is_dir() and any((run / "ppo" / "plots").glob("*.png"))
-    for stage in ("sft", "critic", "ppo/actor", "ppo/critic"):
+    for stage in ("sft", "critic", "ppo/actor", "ppo/critic"):  # ppo/critic: step GAE trained a value model
         assert (run / stage / "config.json").is_file(), stage
 
     # A rerun finds every stage's output and trains nothing again.

@@ -1,6 +1,7 @@
 """2-process PPO under `accelerate launch` (gloo on CPU): ZeRO-2, ZeRO-3 and one process take the same
 updates, the vLLM engine on the main process samples from the weights the trainer just updated, and
-async rollouts run one update behind."""
+async rollouts run one update behind. The actor ties its embeddings and head (as SmolLM2 and Qwen2.5),
+so each sync must reach the head too: a stale one puts the engine tens of nats off."""
 
 from __future__ import annotations
 
@@ -55,7 +56,11 @@ def _one_process(actor: Path, out: Path, *extra: str) -> list[dict]:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(run / "actor" / "model.safetensors")
+    """The saved actor's tensors; the tied actor's head, when saved too, must equal its embedding."""
+    weights = load_file(run / "actor" / "model.safetensors")
+    if "lm_head.weight" in weights:
+        assert torch.equal(weights.pop("lm_head.weight"), weights["model.embed_tokens.weight"])
+    return weights
 
 
 def _max_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -64,24 +69,38 @@ def _max_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.fixture(scope="module")
-def zero2_run(tiny_actor_dir, tmp_path_factory) -> tuple[Path, list[dict]]:
+def tied_actor_dir(tmp_path_factory, arithmetic_rows) -> Path:
+    """The tiny actor with tied embeddings, warm-started like ``tiny_actor_dir``; saved without a head."""
+    from llmac.models import TinyModelConfig, warm_tiny_actor
+
+    out = tmp_path_factory.mktemp("tied_actor")
+    config = TinyModelConfig(seed=0, tie_word_embeddings=True)
+    actor = warm_tiny_actor(
+        arithmetic_rows["question"], arithmetic_rows["solution"], out, steps=80, config=config
+    )
+    assert "lm_head.weight" not in load_file(actor / "model.safetensors")
+    return actor
+
+
+@pytest.fixture(scope="module")
+def zero2_run(tied_actor_dir, tmp_path_factory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("ppo_zero2") / "run"
-    return out, _launch("zero2", tiny_actor_dir, out, *SGD)
+    return out, _launch("zero2", tied_actor_dir, out, *SGD)
 
 
 @pytest.mark.distributed
 @pytest.mark.vllm
-def test_zero2_zero3_and_one_process_take_the_same_sgd_updates(tiny_actor_dir, tmp_path, zero2_run):
-    single = _one_process(tiny_actor_dir, tmp_path / "single", *SGD)
+def test_zero2_zero3_and_one_process_take_the_same_sgd_updates(tied_actor_dir, tmp_path, zero2_run):
+    single = _one_process(tied_actor_dir, tmp_path / "single", *SGD)
     zero2_dir, zero2 = zero2_run
-    initial, reference = load_file(tiny_actor_dir / "model.safetensors"), _weights(tmp_path / "single")
+    initial, reference = load_file(tied_actor_dir / "model.safetensors"), _weights(tmp_path / "single")
     moved = _max_gap(reference, initial)
     # The 2-process run against one process on the whole batch: a gradient summed over the processes
     # instead of averaged moves each weight twice as far, a gap as large as the move itself.
     assert moved > 1e-2, moved
     assert _max_gap(_weights(zero2_dir), reference) < 1e-2 * moved
 
-    zero3 = _launch("zero3", tiny_actor_dir, tmp_path / "zero3", *SGD)
+    zero3 = _launch("zero3", tied_actor_dir, tmp_path / "zero3", *SGD)
     assert _max_gap(_weights(tmp_path / "zero3"), reference) < 1e-2 * moved
     assert (
         [r["iteration"] for r in single] == [r["iteration"] for r in zero2] == [r["iteration"] for r in zero3]
@@ -95,7 +114,7 @@ def test_zero2_zero3_and_one_process_take_the_same_sgd_updates(tiny_actor_dir, t
         for key in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "explained_variance"):
             assert run[0][key] == pytest.approx(single[0][key], abs=1e-5), key
     # Iteration 2's rollouts were sampled after the weight sync: the engine's log-probs of its own
-    # tokens equal the updated trainer's (gathered from ZeRO-3 shards in the last run). The recipe
+    # tokens equal the updated trainer's (gathered from ZeRO-3 shards in the last run), tied head included. The recipe
     # starts the PPO ratio from those log-probs, so the gap is read on each first minibatch.
     for run in (single, zero2, zero3):
         assert run[1]["engine_logprob_gap_max"] < CLAIMED_GAP, run[1]
@@ -103,11 +122,11 @@ def test_zero2_zero3_and_one_process_take_the_same_sgd_updates(tiny_actor_dir, t
 
 @pytest.mark.distributed
 @pytest.mark.vllm
-def test_async_rollouts_under_zero2_are_one_update_behind(tiny_actor_dir, tmp_path, zero2_run):
+def test_async_rollouts_under_zero2_are_one_update_behind(tied_actor_dir, tmp_path, zero2_run):
     # The main process samples iteration 2 while both processes update, so iteration 1 is the
     # synchronous run's and iteration 2 is scored one update after it was sampled.
     _, zero2 = zero2_run
-    ahead = _launch("zero2", tiny_actor_dir, tmp_path / "async", *SGD, "--async_rollouts", "true")
+    ahead = _launch("zero2", tied_actor_dir, tmp_path / "async", *SGD, "--async_rollouts", "true")
     assert [r["iteration"] for r in ahead] == [1, 2]
     for key in ("reward", "response_length", "policy_loss", "value_loss", "approx_kl"):
         assert ahead[0][key] == pytest.approx(zero2[0][key], abs=1e-6), key
@@ -117,12 +136,13 @@ def test_async_rollouts_under_zero2_are_one_update_behind(tiny_actor_dir, tmp_pa
 
 @pytest.mark.distributed
 @pytest.mark.vllm
-def test_zero3_lora_ppo_syncs_merged_weights(tiny_actor_dir, tmp_path):
+def test_zero3_lora_ppo_syncs_merged_weights(tied_actor_dir, tmp_path):
     # The recipe starts the PPO ratio from the engine's log-probs; this run recomputes them instead.
-    rows = _launch("zero3", tiny_actor_dir, tmp_path / "lora", "--use_lora", "true", "--lora_r", "8",
+    # The actor is tied; LoRA on its embedding cannot run under ZeRO-3 (llmac.ppo.models says why).
+    rows = _launch("zero3", tied_actor_dir, tmp_path / "lora", "--use_lora", "true", "--lora_r", "8",
                    "--learning_rate", "1e-3", "--old_logprobs", "trainer", "--warmup_steps", "1",
                    "--mini_batch_size", "8")  # two minibatches: the second one's ratio has moved  # fmt: skip
     assert rows[1]["engine_logprob_gap_max"] < CLAIMED_GAP and rows[0]["approx_kl"] > 0, rows
-    saved = load_file(tmp_path / "lora" / "actor" / "model.safetensors")
-    base = load_file(tiny_actor_dir / "model.safetensors")
+    saved = _weights(tmp_path / "lora")  # merged, plain weights (the tied head checked, then dropped)
+    base = load_file(tied_actor_dir / "model.safetensors")
     assert set(saved) == set(base) and any(not torch.equal(saved[k], base[k]) for k in base)

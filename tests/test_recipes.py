@@ -13,6 +13,8 @@ import yaml
 from llmac.config import parse_config
 from llmac.critic.cli import LABEL_CONFIG_CLASSES
 from llmac.critic.training import CONFIG_CLASSES as CRITIC_TRAIN_CLASSES
+from llmac.dapo.build import CONFIG_CLASSES as DAPO_BUILD_CLASSES
+from llmac.dapo.trainer import CONFIG_CLASSES as DAPO_TRAIN_CLASSES
 from llmac.demo import CONFIG_CLASSES as DEMO_CLASSES
 from llmac.ppo.trainer import CONFIG_CLASSES as PPO_CLASSES
 from llmac.sft import CONFIG_CLASSES as SFT_CLASSES
@@ -26,6 +28,9 @@ COMMANDS = {
     "critic/label_*.yaml": LABEL_CONFIG_CLASSES,
     "critic/tiny_arithmetic.yaml": CRITIC_TRAIN_CLASSES,
     "demo.yaml": DEMO_CLASSES,
+    "dapo/*_build.yaml": DAPO_BUILD_CLASSES,
+    "dapo/*_train.yaml": DAPO_TRAIN_CLASSES,
+    "dapo/qwen*.yaml": DAPO_TRAIN_CLASSES,
 }
 
 

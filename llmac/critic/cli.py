@@ -10,10 +10,10 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llmac.config import parse_config
+from llmac.config import option, parse_config
 from llmac.critic.evaluation import score_dataset, solutions_of
 from llmac.critic.labelling import MCLabelConfig, label_steps
 from llmac.data.loading import load_records
@@ -60,28 +60,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 class LabelRunConfig:
     """Which solutions to label: sampled here from an actor, or read from a rollout dataset."""
 
-    model_name_or_path: str = field(
-        default="", metadata={"help": "The actor that samples solutions and MC completions."}
+    model_name_or_path: str = option("", "The actor that samples solutions and MC completions.")
+    solutions: str | None = option(
+        None, "A rollout dataset (`llmac generate`) to label; omit to sample from the task."
     )
-    solutions: str | None = field(
-        default=None,
-        metadata={"help": "A rollout dataset (`llmac generate`) to label; omit to sample from the task."},
-    )
-    split: str = field(
-        default="train",
-        metadata={"help": "Task split to sample solutions for.", "choices": SPLITS},
-    )
-    num_solutions: int = field(
-        default=4, metadata={"help": "Solutions sampled per question.", "range": "[1, inf)"}
-    )
-    solution_temperature: float = field(
-        default=1.0, metadata={"help": "Temperature of those solutions.", "range": "[0, inf)"}
-    )
-    solution_max_new_tokens: int = field(
-        default=256, metadata={"help": "Tokens per solution at most.", "range": "[1, inf)"}
-    )
-    reward: str = field(default="math", metadata={"help": "Reward function: registered name or 'module:fn'."})
-    output_dir: str = field(default="", metadata={"help": "Where the labelled dataset is written."})
+    split: str = option("train", "Task split to sample solutions for.", choices=SPLITS)
+    num_solutions: int = option(4, "Solutions sampled per question.", range="[1, inf)")
+    solution_temperature: float = option(1.0, "Temperature of those solutions.", range="[0, inf)")
+    solution_max_new_tokens: int = option(256, "Tokens per solution at most.", range="[1, inf)")
+    reward: str = option("math", "Reward function: registered name or 'module:fn'.")
+    output_dir: str = option("", "Where the labelled dataset is written.")
     overwrite: bool = overwrite_field()
 
     def __post_init__(self) -> None:
@@ -137,19 +125,14 @@ def label_main(argv: Sequence[str] | None = None) -> Path:
 class CriticRunConfig:
     """A trained critic applied to a dataset."""
 
-    critic: str = field(default="", metadata={"help": "The critic folder (`llmac critic train` output)."})
-    data: str = field(
-        default="",
-        metadata={
-            "help": "Solutions: a rollout dataset (question, completion) or a labelled one (prompt, completions)."
-        },
+    critic: str = option("", "The critic folder (`llmac critic train` output).")
+    data: str = option(
+        "", "Solutions: a rollout dataset (question, completion) or a labelled one (prompt, completions)."
     )
-    output: str = field(default="", metadata={"help": "Where to write the result."})
+    output: str = option("", "Where to write the result.")
     overwrite: bool = overwrite_field()
-    batch_size: int = field(default=32, metadata={"help": "Solutions per forward pass.", "range": "[1, inf)"})
-    threshold: float = field(
-        default=0.5, metadata={"help": "A step valued below this is flagged as wrong.", "range": "[0, 1]"}
-    )
+    batch_size: int = option(32, "Solutions per forward pass.", range="[1, inf)")
+    threshold: float = option(0.5, "A step valued below this is flagged as wrong.", range="[0, 1]")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -192,18 +175,12 @@ def score_main(argv: Sequence[str] | None = None) -> Path:
 class CriticEvalConfig:
     """What to evaluate a critic on; give either dataset or both."""
 
-    critic: str = field(default="", metadata={"help": "The critic folder."})
-    labels: str | None = field(
-        default=None, metadata={"help": "Held-out MC-labelled solutions (`llmac critic label`): AUC, F1."}
-    )
-    rollouts: str | None = field(
-        default=None, metadata={"help": "Rollouts with n samples per question (`llmac generate`): best-of-n."}
-    )
-    threshold: float = field(
-        default=0.5, metadata={"help": "Label threshold for AUC; value threshold for F1.", "range": "[0, 1]"}
-    )
-    batch_size: int = field(default=32, metadata={"help": "Solutions per forward pass.", "range": "[1, inf)"})
-    output_dir: str | None = field(default=None, metadata={"help": "Where to write metrics.json."})
+    critic: str = option("", "The critic folder.")
+    labels: str | None = option(None, "Held-out MC-labelled solutions (`llmac critic label`): AUC, F1.")
+    rollouts: str | None = option(None, "Rollouts with n samples per question (`llmac generate`): best-of-n.")
+    threshold: float = option(0.5, "Label threshold for AUC; value threshold for F1.", range="[0, 1]")
+    batch_size: int = option(32, "Solutions per forward pass.", range="[1, inf)")
+    output_dir: str | None = option(None, "Where to write metrics.json.")
     overwrite: bool = overwrite_field()
 
     def __post_init__(self) -> None:
@@ -255,9 +232,7 @@ def eval_main(argv: Sequence[str] | None = None) -> dict:
 class InspectConfig(CriticRunConfig):
     """Which solutions the HTML page shows."""
 
-    max_solutions: int = field(
-        default=200, metadata={"help": "Show at most this many solutions.", "range": "[1, inf)"}
-    )
+    max_solutions: int = option(200, "Show at most this many solutions.", range="[1, inf)")
 
 
 def inspect_main(argv: Sequence[str] | None = None) -> Path:

@@ -35,16 +35,16 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from datasets import Dataset, Features, List, Value, concatenate_datasets
-from tqdm.auto import tqdm
+from datasets import Dataset, Features, List, Value
 
+from llmac.config import option
 from llmac.data.loading import format_prompt
 from llmac.engines.base import PromptLike, RolloutEngine, SamplingConfig
 from llmac.rewards.checks import verify
-from llmac.rollouts import RewardFn, ShardStore, job_fingerprint
+from llmac.rollouts import RewardFn, ShardStore, job_fingerprint, run_in_shards
 from llmac.steps import clean_steps, join_steps, split_steps, step_spans
 from llmac.validation import check_fields
 
@@ -67,41 +67,20 @@ LABEL_FEATURES = Features(
 class MCLabelConfig:
     """Monte-Carlo step labelling (Math-Shepherd): how many continuations, how they are sampled."""
 
-    num_rollouts: int = field(
-        default=8,
-        metadata={
-            "help": "N: continuations sampled per step prefix (8 in Math-Shepherd).",
-            "range": "[1, inf)",
-        },
+    num_rollouts: int = option(
+        8, "N: continuations sampled per step prefix (8 in Math-Shepherd).", range="[1, inf)"
     )
-    temperature: float = field(
-        default=1.0, metadata={"help": "Sampling temperature of the continuations.", "range": "[0, inf)"}
+    temperature: float = option(1.0, "Sampling temperature of the continuations.", range="[0, inf)")
+    top_p: float = option(1.0, "Nucleus sampling mass of the continuations.", range="(0, 1]")
+    max_new_tokens: int = option(256, "Tokens generated at most per continuation.", range="[1, inf)")
+    seed: int = option(
+        0, "Base seed; each prefix's continuations get seeds derived from it.", range="[0, inf)"
     )
-    top_p: float = field(
-        default=1.0, metadata={"help": "Nucleus sampling mass of the continuations.", "range": "(0, 1]"}
+    batch_size: int = option(
+        64, "Solutions per engine call and per shard (all their prefixes go in one call).", range="[1, inf)"
     )
-    max_new_tokens: int = field(
-        default=256, metadata={"help": "Tokens generated at most per continuation.", "range": "[1, inf)"}
-    )
-    seed: int = field(
-        default=0,
-        metadata={
-            "help": "Base seed; each prefix's continuations get seeds derived from it.",
-            "range": "[0, inf)",
-        },
-    )
-    batch_size: int = field(
-        default=64,
-        metadata={
-            "help": "Solutions per engine call and per shard (all their prefixes go in one call).",
-            "range": "[1, inf)",
-        },
-    )
-    correct_threshold: float = field(
-        default=0.5,
-        metadata={
-            "help": "A verified text counts as correct when its reward is >= this (math rewards are 0/1)."
-        },
+    correct_threshold: float = option(
+        0.5, "A verified text counts as correct when its reward is >= this (math rewards are 0/1)."
     )
 
     def __post_init__(self) -> None:
@@ -273,46 +252,69 @@ def label_steps(
         inputs = {"job": "mc-step-labels", "solutions_sha256": source.digest, "rows": len(solutions),
                   "layout": source.layout, "config": asdict(config), **job_fingerprint(engine, reward_fn)}  # fmt: skip
         shards = ShardStore(shard_dir, inputs, job="MC step-label")
-    done: list[Dataset] = []
-    bar = tqdm(total=len(labelled), desc="MC step labels", unit="solution", disable=not progress)
-    for number, start in enumerate(range(0, len(labelled), config.batch_size)):
-        rows = labelled[start : start + config.batch_size]
-        if shards is None or (shard := shards.load(number)) is None:
-            seed = config.seed + offsets[start] * config.num_rollouts
-            shard = _label_batch(engine, source.load(rows), config, reward_fn, seed)
-            if shards is not None:
-                shards.save(number, shard)
-        done.append(shard)
-        bar.update(len(rows))
-    bar.close()
-    return concatenate_datasets(done)
+
+    def label(number: int, start: int, stop: int) -> Dataset:
+        seed = config.seed + offsets[start] * config.num_rollouts
+        return _label_batch(engine, source.load(labelled[start:stop]), config, reward_fn, seed)
+
+    return run_in_shards(
+        len(labelled), config.batch_size, label, shards, "MC step labels", "solution", progress
+    )
+
+
+def count_correct_continuations(
+    engine: RolloutEngine,
+    prompts: Sequence[PromptLike],
+    prefixes: Sequence[PromptLike],
+    prefix_texts: Sequence[str],
+    golds: Sequence[str],
+    config: MCLabelConfig,
+    reward_fn: RewardFn,
+    seed: int,
+    also_verify: Sequence[tuple[str, str]] = (),
+) -> tuple[list[int], list[float]]:
+    """How many of ``config.num_rollouts`` continuations of each prompt + prefix reach a correct answer.
+
+    All prefixes go in one engine call (``n`` continuations each, prefix-shared); continuation ``k`` of
+    prefix ``j`` is asked for with seed ``seed + j * n + k``. Each text verified is ``prefix_texts[j]``
+    plus the continuation. ``also_verify`` holds ``(text, gold)`` pairs verified in the same call, whose
+    rewards come back second. Shared by the step labels here and DAPO's candidate values.
+    """
+    n = config.num_rollouts
+    groups = engine.continue_from(list(prompts), list(prefixes), config.sampling(seed)) if prefixes else []
+    if len(groups) != len(prefixes) or any(len(group) != n for group in groups):
+        raise RuntimeError(f"engine returned {[len(g) for g in groups]} continuations for {len(prefixes)} "
+                           f"prefixes x {n}")  # fmt: skip
+    texts = [head + c.text for head, group in zip(prefix_texts, groups, strict=True) for c in group]
+    answers = [gold for gold in golds for _ in range(n)]
+    texts += [text for text, _ in also_verify]
+    answers += [gold for _, gold in also_verify]
+    rewards = verify(reward_fn, texts, answers)
+    correct = [float(r) >= config.correct_threshold for r in rewards]
+    counts = [sum(correct[j * n : (j + 1) * n]) for j in range(len(prefixes))]
+    return counts, [float(r) for r in rewards[len(prefixes) * n :]]
 
 
 def _label_batch(
     engine: RolloutEngine, batch: list[_Solution], config: MCLabelConfig, reward_fn: RewardFn, seed: int
 ) -> Dataset:
-    n = config.num_rollouts
-    prompts = [s.prompt for s in batch for _ in s.prefixes]
-    prefixes = [p for s in batch for p in s.prefixes]
-    groups = engine.continue_from(prompts, prefixes, config.sampling(seed)) if prefixes else []
-    if len(groups) != len(prefixes) or any(len(group) != n for group in groups):
-        raise RuntimeError(f"engine returned {[len(g) for g in groups]} continuations for {len(prefixes)} "
-                           f"prefixes x {n}")  # fmt: skip
-    prefix_texts = [t for s in batch for t in s.prefix_texts]
-    texts = [head + c.text for head, group in zip(prefix_texts, groups, strict=True) for c in group]
-    golds = [s.answer for s in batch for _ in s.prefixes for _ in range(n)]
-    # The whole solutions are verified in the same call as the continuations.
-    texts += [s.text for s in batch]
-    golds += [s.answer for s in batch]
-    rewards = verify(reward_fn, texts, golds)
-    correct = [float(r) >= config.correct_threshold for r in rewards]
-    outcomes = rewards[len(prefixes) * n :]
+    counts_of_all, outcomes = count_correct_continuations(
+        engine,
+        [s.prompt for s in batch for _ in s.prefixes],
+        [p for s in batch for p in s.prefixes],
+        [t for s in batch for t in s.prefix_texts],
+        [s.answer for s in batch for _ in s.prefixes],
+        config,
+        reward_fn,
+        seed,
+        also_verify=[(s.text, s.answer) for s in batch],  # the whole solutions, in the same call
+    )
     records: dict[str, list] = {key: [] for key in LABEL_FEATURES}
     first = 0
     for solution, outcome in zip(batch, outcomes, strict=True):
-        counts = [sum(correct[(first + t) * n : (first + t + 1) * n]) for t in range(len(solution.prefixes))]
+        counts = counts_of_all[first : first + len(solution.prefixes)]
         first += len(solution.prefixes)
-        soft, hard = mc_step_labels(counts, n, float(outcome) >= config.correct_threshold)
+        soft, hard = mc_step_labels(counts, config.num_rollouts, float(outcome) >= config.correct_threshold)
         values = (
             solution.question,
             solution.steps,

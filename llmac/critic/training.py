@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from datasets import Dataset
 from transformers import AutoConfig, EvalPrediction, PreTrainedModel, Trainer, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from llmac.config import ModelConfig, parse_config
+from llmac.config import ModelConfig, option, parse_config
 from llmac.critic.data import (
     IGNORE_INDEX,
     CriticCollator,
@@ -59,39 +59,29 @@ class CriticConfig(TrainingArguments):
     hold exactly what the collator needs) and ``label_names=["labels"]``.
     """
 
-    label_type: str = field(
-        default="soft",
-        metadata={
-            "help": "'soft': BCE against the MC soft labels m (-m log v - (1-m) log(1-v)); 'hard': BCE against "
-            "the 0/1 hard labels (PRM style).",
-            "choices": LABEL_TYPES,
-        },
+    label_type: str = option(
+        "soft",
+        "'soft': BCE against the MC soft labels m (-m log v - (1-m) log(1-v)); 'hard': BCE against "
+        "the 0/1 hard labels (PRM style).",
+        choices=LABEL_TYPES,
     )
-    last_step_only: bool = field(
-        default=False,
-        metadata={"help": "Supervise only each solution's final step (an outcome value model)."},
+    last_step_only: bool = option(
+        False, "Supervise only each solution's final step (an outcome value model)."
     )
-    max_length: int | None = field(
-        default=1024,
-        metadata={
-            "help": "Truncate question + solution to this many tokens; steps ending past it are dropped from "
-            "the loss (and counted in the log). None: no truncation.",
-            "range": "[2, inf)",
-        },
+    max_length: int | None = option(
+        1024,
+        "Truncate question + solution to this many tokens; steps ending past it are dropped from "
+        "the loss (and counted in the log). None: no truncation.",
+        range="[2, inf)",
     )
-    eval_fraction: float = field(
-        default=0.05,
-        metadata={
-            "help": "Fraction of the training prompts held out for evaluation when no eval_data is given "
-            "(all solutions of a prompt go to the same side). 0 disables evaluation.",
-            "range": "[0, 1)",
-        },
+    eval_fraction: float = option(
+        0.05,
+        "Fraction of the training prompts held out for evaluation when no eval_data is given "
+        "(all solutions of a prompt go to the same side). 0 disables evaluation.",
+        range="[0, 1)",
     )
-    remove_unused_columns: bool = field(
-        default=False,
-        metadata={
-            "help": "Keep dataset columns the model's forward does not name (the collator reads them)."
-        },
+    remove_unused_columns: bool = option(
+        False, "Keep dataset columns the model's forward does not name (the collator reads them)."
     )
 
     def __post_init__(self) -> None:
@@ -107,40 +97,29 @@ class CriticConfig(TrainingArguments):
 class CriticDataConfig:
     """Where the critic starts from and which labelled solutions it learns from."""
 
-    init_from: str = field(
-        metadata={
-            "help": "An actor checkpoint folder (a causal LM: the critic gets its backbone and a new zero "
-            "value head) or an existing critic folder (training continues from it)."
-        }
+    init_from: str = option(
+        help="An actor checkpoint folder (a causal LM: the critic gets its backbone and a new zero "
+        "value head) or an existing critic folder (training continues from it)."
     )
-    train_data: str = field(
-        metadata={
-            "help": "Labelled solutions: a folder saved with Dataset.save_to_disk, or a .jsonl / .parquet file, "
-            "with columns prompt, completions (list of clean steps), labels (soft, in [0, 1]) and hard_labels "
-            "(0/1; required for label_type 'hard')."
-        }
+    train_data: str = option(
+        help="Labelled solutions: a folder saved with Dataset.save_to_disk, or a .jsonl / .parquet file, "
+        "with columns prompt, completions (list of clean steps), labels (soft, in [0, 1]) and hard_labels "
+        "(0/1; required for label_type 'hard')."
     )
-    eval_data: str | None = field(
-        default=None,
-        metadata={
-            "help": "Held-out labelled solutions, same layout. None: hold out eval_fraction of train_data."
-        },
+    eval_data: str | None = option(
+        None, "Held-out labelled solutions, same layout. None: hold out eval_fraction of train_data."
     )
-    extra_layers: int = field(
-        default=0,
-        metadata={
-            "help": "Starting from an actor: decoder layers added on top of its backbone, initialised as the "
-            "identity. A critic no deeper than the actor cannot compare the actor's next-token prediction "
-            "with the token written; one or two more layers can.",
-            "range": "[0, inf)",
-        },
+    extra_layers: int = option(
+        0,
+        "Starting from an actor: decoder layers added on top of its backbone, initialised as the "
+        "identity. A critic no deeper than the actor cannot compare the actor's next-token prediction "
+        "with the token written; one or two more layers can.",
+        range="[0, inf)",
     )
-    delimiter: str | None = field(
-        default=None,
-        metadata={
-            "help": "Step delimiter joining the clean steps. None: the critic's own when continuing one, "
-            f"else {DEFAULT_DELIMITER!r}."
-        },
+    delimiter: str | None = option(
+        None,
+        "Step delimiter joining the clean steps. None: the critic's own when continuing one, "
+        f"else {DEFAULT_DELIMITER!r}.",
     )
 
     def __post_init__(self) -> None:

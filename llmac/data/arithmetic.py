@@ -18,10 +18,11 @@ import random
 import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from datasets import Dataset
 
+from llmac.config import option
 from llmac.errors import ConfigError
 from llmac.validation import check_fields, require
 
@@ -32,24 +33,20 @@ _TERM = re.compile(r"\s*([+-])\s*(\d+)")
 class ArithmeticTaskConfig:
     """Difficulty and size of the chain-sum task."""
 
-    min_terms: int = field(default=3, metadata={"help": "Fewest numbers in a problem.", "range": "[1, inf)"})
-    max_terms: int = field(default=5, metadata={"help": "Most numbers in a problem.", "range": "[1, inf)"})
-    min_digits: int = field(default=1, metadata={"help": "Fewest digits per number.", "range": "[1, inf)"})
-    max_digits: int = field(default=2, metadata={"help": "Most digits per number.", "range": "[1, inf)"})
-    instruction: bool = field(
-        default=False,
-        metadata={
-            "help": "Keep reasoning-gym's English instruction in the question (for real models); "
-            "off, the question is the bare expression (for the character-level tiny model)."
-        },
+    min_terms: int = option(3, "Fewest numbers in a problem.", range="[1, inf)")
+    max_terms: int = option(5, "Most numbers in a problem.", range="[1, inf)")
+    min_digits: int = option(1, "Fewest digits per number.", range="[1, inf)")
+    max_digits: int = option(2, "Most digits per number.", range="[1, inf)")
+    instruction: bool = option(
+        False,
+        "Keep reasoning-gym's English instruction in the question (for real models); "
+        "off, the question is the bare expression (for the character-level tiny model).",
     )
-    answer_only_share: float = field(
-        default=0.6,
-        metadata={
-            "help": "task=arithmetic_mixed: share of SFT problems whose solution is only 'Answer: N' "
-            "(the others show their worked steps); chosen per problem from task_seed.",
-            "range": "[0, 1]",
-        },
+    answer_only_share: float = option(
+        0.6,
+        "task=arithmetic_mixed: share of SFT problems whose solution is only 'Answer: N' "
+        "(the others show their worked steps); chosen per problem from task_seed.",
+        range="[0, 1]",
     )
 
     def __post_init__(self) -> None:

@@ -12,12 +12,13 @@ import json
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from llmac.config import option
 from llmac.errors import LlmacError
 from llmac.validation import check_fields
 
@@ -39,51 +40,34 @@ class DataError(LlmacError, ValueError):
 class PromptDataConfig:
     """Where prompts come from and which fields hold the question, the gold answer and a solution."""
 
-    path: str = field(
-        metadata={
-            "help": "A .jsonl, .json or .parquet file; a directory written by `Dataset.save_to_disk` (or a "
-            "folder of data files); or a dataset name for `datasets.load_dataset` (offline: local cache only)."
-        }
+    path: str = option(
+        help="A .jsonl, .json or .parquet file; a directory written by `Dataset.save_to_disk` (or a "
+        "folder of data files); or a dataset name for `datasets.load_dataset` (offline: local cache only)."
     )
-    split: str = field(
-        default="train",
-        metadata={
-            "help": "Split to read from a saved DatasetDict, a data folder or a named dataset (ignored for files)."
-        },
+    split: str = option(
+        "train",
+        "Split to read from a saved DatasetDict, a data folder or a named dataset (ignored for files).",
     )
-    name: str | None = field(
-        default=None,
-        metadata={"help": "Configuration name of a named dataset (e.g. 'main' for openai/gsm8k)."},
+    name: str | None = option(None, "Configuration name of a named dataset (e.g. 'main' for openai/gsm8k).")
+    question_field: str = option("question", "Field holding the question text.")
+    answer_field: str = option("answer", "Field holding the gold answer.")
+    solution_field: str | None = option(
+        None,
+        "Field holding a step-by-step reference solution. None: no solution column, except for "
+        "answer_format 'gsm8k', whose solution is the answer text before '####'.",
     )
-    question_field: str = field(default="question", metadata={"help": "Field holding the question text."})
-    answer_field: str = field(default="answer", metadata={"help": "Field holding the gold answer."})
-    solution_field: str | None = field(
-        default=None,
-        metadata={
-            "help": "Field holding a step-by-step reference solution. None: no solution column, except for "
-            "answer_format 'gsm8k', whose solution is the answer text before '####'."
-        },
+    answer_format: str = option(
+        "plain",
+        "'plain': the answer field is the gold answer. 'gsm8k': the gold answer is the text after "
+        "'#### ' in the answer field (commas removed).",
+        choices=ANSWER_FORMATS,
     )
-    answer_format: str = field(
-        default="plain",
-        metadata={
-            "help": "'plain': the answer field is the gold answer. 'gsm8k': the gold answer is the text after "
-            "'#### ' in the answer field (commas removed).",
-            "choices": ANSWER_FORMATS,
-        },
+    max_samples: int | None = option(
+        None, "Keep at most this many rows (after shuffling); None keeps all.", range="[0, inf)"
     )
-    max_samples: int | None = field(
-        default=None,
-        metadata={
-            "help": "Keep at most this many rows (after shuffling); None keeps all.",
-            "range": "[0, inf)",
-        },
-    )
-    shuffle: bool = field(default=False, metadata={"help": "Shuffle the rows before taking max_samples."})
-    seed: int = field(default=0, metadata={"help": "Seed of the shuffle.", "range": "[0, inf)"})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Cache directory for `datasets.load_dataset` (default: HF's)."}
-    )
+    shuffle: bool = option(False, "Shuffle the rows before taking max_samples.")
+    seed: int = option(0, "Seed of the shuffle.", range="[0, inf)")
+    cache_dir: str | None = option(None, "Cache directory for `datasets.load_dataset` (default: HF's).")
 
     def __post_init__(self) -> None:
         check_fields(self)

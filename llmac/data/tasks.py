@@ -8,10 +8,11 @@ Each task is a loader in :data:`TASKS` (add one with :func:`register_task`) givi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from datasets import Dataset
 
+from llmac.config import option
 from llmac.data.arithmetic import ArithmeticTaskConfig, arithmetic_dataset, mixed_supervision_dataset
 from llmac.data.loading import ANSWER_FORMATS
 from llmac.errors import ConfigError
@@ -22,52 +23,42 @@ from llmac.validation import require
 class TaskConfig(ArithmeticTaskConfig):
     """Which task to train and evaluate on, and how many problems of each split."""
 
-    task: str = field(
-        default="arithmetic",
-        metadata={
-            "help": "'arithmetic' (reasoning-gym chain_sum, built offline, worked solutions for every "
-            "problem), 'arithmetic_mixed' (the same problems, only some SFT solutions worked, see "
-            "answer_only_share; RL and held-out problems are fresh), 'gsm8k' (the shared GSM8K jsonl "
-            "files) or 'file' (train_path/eval_path with the field mapping below).",
-        },
+    task: str = option(
+        "arithmetic",
+        "'arithmetic' (reasoning-gym chain_sum, built offline, worked solutions for every "
+        "problem), 'arithmetic_mixed' (the same problems, only some SFT solutions worked, see "
+        "answer_only_share; RL and held-out problems are fresh), 'gsm8k' (openai/gsm8k from the "
+        "Hub, or local jsonl files: gsm8k_dir) or 'file' (train_path/eval_path with the field "
+        "mapping below).",
     )
-    num_train: int = field(
-        default=20000,
-        metadata={
-            "help": "Training problems, SFT or RL (arithmetic: how many to generate; gsm8k/file: a cap, "
-            "0 = all).",
-            "range": "[0, inf)",
-        },
+    num_train: int = option(
+        20000,
+        "Training problems, SFT or RL (arithmetic: how many to generate; gsm8k/file: a cap, 0 = all).",
+        range="[0, inf)",
     )
-    num_eval: int = field(
-        default=200,
-        metadata={
-            "help": "Held-out problems (arithmetic: how many; gsm8k/file: a cap, 0 = all).",
-            "range": "[0, inf)",
-        },
+    num_eval: int = option(
+        200, "Held-out problems (arithmetic: how many; gsm8k/file: a cap, 0 = all).", range="[0, inf)"
     )
-    task_seed: int = field(
-        default=0,
-        metadata={"help": "Seed of the generated task (eval draws from another seed).", "range": "[0, inf)"},
+    task_seed: int = option(0, "Seed of the generated task (eval draws from another seed).", range="[0, inf)")
+    train_path: str | None = option(None, "task=file: training data (jsonl/parquet/dir).")
+    eval_path: str | None = option(None, "task=file: held-out data.")
+    question_field: str = option("question", "task=file: column holding the question.")
+    answer_field: str = option("answer", "task=file: column holding the gold answer.")
+    solution_field: str | None = option(None, "task=file: column holding a step-by-step reference solution.")
+    answer_format: str = option("plain", "task=file: 'plain' or 'gsm8k' ('#### N').", choices=ANSWER_FORMATS)
+    dataset_name: str = option(
+        "openai/gsm8k",
+        "task=gsm8k: the dataset datasets.load_dataset reads (TRL's dataset_name), in GSM8K's layout: "
+        "'question', and 'answer' ending in '#### N'.",
     )
-    train_path: str | None = field(
-        default=None, metadata={"help": "task=file: training data (jsonl/parquet/dir)."}
+    dataset_config: str | None = option("main", "task=gsm8k: its configuration (TRL's dataset_config).")
+    dataset_train_split: str = option("train", "task=gsm8k: the split of SFT and RL problems.")
+    dataset_test_split: str = option("test", "task=gsm8k: the split of held-out problems.")
+    gsm8k_dir: str | None = option(
+        None,
+        "task=gsm8k: read <split>.jsonl from this folder instead (offline use; default $LLMAC_GSM8K_DIR, "
+        "else the Hub).",
     )
-    eval_path: str | None = field(default=None, metadata={"help": "task=file: held-out data."})
-    question_field: str = field(
-        default="question", metadata={"help": "task=file: column holding the question."}
-    )
-    answer_field: str = field(
-        default="answer", metadata={"help": "task=file: column holding the gold answer."}
-    )
-    solution_field: str | None = field(
-        default=None, metadata={"help": "task=file: column holding a step-by-step reference solution."}
-    )
-    answer_format: str = field(
-        default="plain",
-        metadata={"help": "task=file: 'plain' or 'gsm8k' ('#### N').", "choices": ANSWER_FORMATS},
-    )
-    gsm8k_dir: str | None = field(default=None, metadata={"help": "task=gsm8k: folder of train/test.jsonl."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,7 +119,12 @@ def _gsm8k(config: TaskConfig, split: str) -> Dataset:
     from llmac.data.gsm8k import load_gsm8k
 
     train = split != "eval"
-    data = load_gsm8k("train" if train else "test", data_dir=config.gsm8k_dir)
+    data = load_gsm8k(
+        config.dataset_train_split if train else config.dataset_test_split,
+        data_dir=config.gsm8k_dir,
+        dataset_name=config.dataset_name,
+        dataset_config=config.dataset_config,
+    )
     return _cap(data, config.num_train if train else config.num_eval)
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from llmac.config import option
 from llmac.engines.base import BaseEngine, Completion, RawCompletion, RolloutEngine, SamplingConfig
 from llmac.steps import DEFAULT_DELIMITER
 from llmac.validation import check_fields, require
@@ -17,59 +20,33 @@ ENGINE_NAMES = ("auto", "vllm", "hf")
 class EngineConfig:
     """Which rollout engine to build and how. Fields a backend does not use are ignored by it."""
 
-    engine: str = field(
-        default="auto",
-        metadata={
-            "help": "'vllm', 'hf' (transformers generate) or 'auto' (vllm if installed).",
-            "choices": ENGINE_NAMES,
-        },
+    engine: str = option(
+        "auto", "'vllm', 'hf' (transformers generate) or 'auto' (vllm if installed).", choices=ENGINE_NAMES
     )
-    delimiter: str = field(
-        default=DEFAULT_DELIMITER, metadata={"help": "Step delimiter: one step ends with it."}
+    delimiter: str = option(DEFAULT_DELIMITER, "Step delimiter: one step ends with it.")
+    engine_dtype: str = option(
+        "auto",
+        "Weights dtype ('auto', 'float32', 'bfloat16', ...). 'auto' keeps the checkpoint's for hf, "
+        "while vLLM may downcast float32 checkpoints: use 'float32' for exact agreement on CPU.",
     )
-    engine_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Weights dtype ('auto', 'float32', 'bfloat16', ...). 'auto' keeps the checkpoint's for hf, "
-            "while vLLM may downcast float32 checkpoints: use 'float32' for exact agreement on CPU."
-        },
+    engine_seed: int = option(0, "vLLM's engine seed (used when a request has no seed).", range="[0, inf)")
+    max_model_len: int | None = option(
+        None, "vLLM: longest prompt + completion; None takes the model's.", range="[1, inf)"
     )
-    engine_seed: int = field(
-        default=0,
-        metadata={"help": "vLLM's engine seed (used when a request has no seed).", "range": "[0, inf)"},
+    kv_cache_gib: float | None = option(
+        None, "vLLM: KV cache size in GiB; None is 1 GiB on CPU, vLLM's choice on GPU.", range="(0, inf)"
     )
-    max_model_len: int | None = field(
-        default=None,
-        metadata={"help": "vLLM: longest prompt + completion; None takes the model's.", "range": "[1, inf)"},
+    gpu_memory_utilization: float | None = option(
+        None, "vLLM: fraction of GPU memory it may take; lower it next to a trainer.", range="(0, 1]"
     )
-    kv_cache_gib: float | None = field(
-        default=None,
-        metadata={
-            "help": "vLLM: KV cache size in GiB; None is 1 GiB on CPU, vLLM's choice on GPU.",
-            "range": "(0, inf)",
-        },
+    enable_prefix_caching: bool = option(
+        True, "vLLM: reuse the KV of shared prefixes (samples of one prompt, MC rollouts)."
     )
-    gpu_memory_utilization: float | None = field(
-        default=None,
-        metadata={
-            "help": "vLLM: fraction of GPU memory it may take; lower it next to a trainer.",
-            "range": "(0, 1]",
-        },
+    enforce_eager: bool = option(
+        True, "vLLM: no CUDA graphs / compilation (fast start; set False on GPU for speed)."
     )
-    enable_prefix_caching: bool = field(
-        default=True,
-        metadata={"help": "vLLM: reuse the KV of shared prefixes (samples of one prompt, MC rollouts)."},
-    )
-    enforce_eager: bool = field(
-        default=True,
-        metadata={"help": "vLLM: no CUDA graphs / compilation (fast start; set False on GPU for speed)."},
-    )
-    hf_batch_size: int = field(
-        default=64, metadata={"help": "hf: sequences (prompt copies) per generate call.", "range": "[1, inf)"}
-    )
-    vllm_kwargs: dict = field(
-        default_factory=dict, metadata={"help": "Extra keyword arguments for vllm.LLM."}
-    )
+    hf_batch_size: int = option(64, "hf: sequences (prompt copies) per generate call.", range="[1, inf)")
+    vllm_kwargs: dict = option(help="Extra keyword arguments for vllm.LLM.", factory=dict)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -90,31 +67,51 @@ def build_engine(model_path: str | Path, config: EngineConfig | None = None, tok
     name = config.engine
     if name == "auto":
         name = "vllm" if vllm_available() else "hf"
+    shared = {"tokenizer": tokenizer, "delimiter": config.delimiter, "dtype": config.engine_dtype}
     if name == "vllm":
         from llmac.engines.vllm import VLLMEngine
 
         return VLLMEngine(
             model_path,
-            tokenizer=tokenizer,
-            delimiter=config.delimiter,
+            **shared,
             seed=config.engine_seed,
             gpu_memory_utilization=config.gpu_memory_utilization,
             kv_cache_gib=config.kv_cache_gib,
             max_model_len=config.max_model_len,
-            dtype=config.engine_dtype,
             enable_prefix_caching=config.enable_prefix_caching,
             enforce_eager=config.enforce_eager,
             **config.vllm_kwargs,
         )
     from llmac.engines.hf import HFEngine
 
-    return HFEngine(
-        model_path,
-        tokenizer=tokenizer,
-        delimiter=config.delimiter,
-        batch_size=config.hf_batch_size,
-        dtype=config.engine_dtype,
-    )
+    return HFEngine(model_path, **shared, batch_size=config.hf_batch_size)
+
+
+def engine_compute_dtype(config: EngineConfig, model_path: str | Path) -> torch.dtype:
+    """The dtype the engine ``config`` names computes in for the checkpoint at ``model_path``, unstarted.
+
+    'auto' is the checkpoint's dtype for hf; vLLM's 'auto' downcasts a float32 checkpoint to the
+    platform's half precision (bfloat16 on CPUs and on GPUs since Ampere, the value given here).
+    """
+    if config.engine_dtype != "auto":
+        dtype = getattr(torch, config.engine_dtype, None)
+        require(
+            config, isinstance(dtype, torch.dtype), f"engine_dtype {config.engine_dtype!r} is not a dtype"
+        )
+        return dtype
+    checkpoint = checkpoint_dtype(model_path)
+    vllm = config.engine == "vllm" or (config.engine == "auto" and vllm_available())
+    return torch.bfloat16 if vllm and checkpoint == torch.float32 else checkpoint
+
+
+def checkpoint_dtype(model_path: str | Path) -> torch.dtype:
+    """The dtype a checkpoint's config.json names (float32 when it names none)."""
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(str(model_path)), "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 __all__ = [
@@ -125,5 +122,7 @@ __all__ = [
     "RolloutEngine",
     "SamplingConfig",
     "build_engine",
+    "checkpoint_dtype",
+    "engine_compute_dtype",
     "vllm_available",
 ]

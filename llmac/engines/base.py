@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from llmac.config import option
 from llmac.steps import DEFAULT_DELIMITER, step_token_ends
 from llmac.validation import check_fields, require
 
@@ -28,18 +29,12 @@ PromptLike = str | Sequence[int]
 class SamplingConfig:
     """How to sample. Both engines read the same fields, so a recipe never names an engine's own API."""
 
-    n: int = field(default=1, metadata={"help": "Completions per prompt.", "range": "[1, inf)"})
-    temperature: float = field(
-        default=1.0, metadata={"help": "0 means greedy decoding.", "range": "[0, inf)"}
-    )
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass.", "range": "(0, 1]"})
-    top_k: int = field(default=-1, metadata={"help": "Top-k sampling; -1 disables it.", "range": "[-1, inf)"})
-    max_new_tokens: int = field(
-        default=256, metadata={"help": "Tokens generated at most per completion.", "range": "[1, inf)"}
-    )
-    seed: int | None = field(
-        default=None, metadata={"help": "Seed for reproducible sampling.", "range": "[0, inf)"}
-    )
+    n: int = option(1, "Completions per prompt.", range="[1, inf)")
+    temperature: float = option(1.0, "0 means greedy decoding.", range="[0, inf)")
+    top_p: float = option(1.0, "Nucleus sampling mass.", range="(0, 1]")
+    top_k: int = option(-1, "Top-k sampling; -1 disables it.", range="[-1, inf)")
+    max_new_tokens: int = option(256, "Tokens generated at most per completion.", range="[1, inf)")
+    seed: int | None = option(None, "Seed for reproducible sampling.", range="[0, inf)")
 
     def __post_init__(self) -> None:
         check_fields(self)

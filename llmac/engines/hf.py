@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor, StoppingCriteria
 
 from llmac.engines.base import BaseEngine, RawCompletion, SamplingConfig, Tokens, Weights
+from llmac.engines.tied import complete_tied_weights, tied_weight_names
 from llmac.models import load_tokenizer
 from llmac.steps import DEFAULT_DELIMITER
 
@@ -116,10 +117,16 @@ class HFEngine(BaseEngine):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     def load_weights(self, state_dict: Weights) -> None:
+        """Load ``state_dict`` (every weight); a tied model's head may be left out, as its saved file does."""
         self.model_path = None
+        tied = getattr(self.model, "all_tied_weights_keys", None) or tied_weight_names(self.model.config)
         with torch.no_grad():
-            self.model.load_state_dict(dict(state_dict), strict=True)
+            self.model.load_state_dict(dict(complete_tied_weights(state_dict, tied)), strict=True)
 
     # -- sampling ------------------------------------------------------------------------------
     def _sample(

@@ -23,7 +23,15 @@ included, and takes a fraction of a second for small models. Chunks are staged i
 reloaded in ONE ``reload_weights`` call: a partial reload keeps absent layers as they are, but a
 fused layer (q/k/v, gate/up) given only some of its parts would be processed incomplete. So chunking
 bounds the size of each message, not the worker's peak memory (one extra copy of the weights while
-a sync is staged). On GPU, vLLM's native weight transfer (``vllm.config.WeightTransferConfig``:
+a sync is staged).
+
+Tied embeddings. A model whose config ties its embeddings and head is loaded tied, and every sync
+sends the head too (:mod:`llmac.engines.tied`): vLLM reloads only the layers it is sent, and on CPU
+the head computes with a copy packed at load, so a sync without ``lm_head.weight`` left it stale (a
+47-76 nat log-prob gap on the tiny tied model). Sent the head, vLLM reloads it exactly, so the model
+is not untied on import; a sync whose head differs from its embedding is refused (an untied copy).
+
+On GPU, vLLM's native weight transfer (``vllm.config.WeightTransferConfig``:
 ``ipc`` when the engine shares the trainer's GPUs, ``nccl`` when it has its own) avoids the host
 copy and is the faster path for large models.
 
@@ -49,6 +57,7 @@ import torch.distributed as dist
 
 from llmac.engines.base import BaseEngine, RawCompletion, SamplingConfig, Tokens, Weights
 from llmac.engines.reaper import start_reaper
+from llmac.engines.tied import complete_tied_weights, tied_weight_names
 from llmac.engines.vllm_worker import IDLE_SPIN_ENV
 from llmac.models import load_tokenizer
 from llmac.steps import DEFAULT_DELIMITER
@@ -97,6 +106,7 @@ class VLLMEngine(BaseEngine):
 
         super().__init__(tokenizer if tokenizer is not None else load_tokenizer(model_path), delimiter)
         self.model_path: Path | None = Path(model_path)  # the weights' folder, until load_weights
+        self.tied_weights = tied_weight_names(_hf_config(model_path))  # sent together at every sync
         if weight_chunk_mib < 1:
             raise ValueError(f"weight_chunk_mib must be >= 1, got {weight_chunk_mib}")
         self.weight_chunk_bytes = weight_chunk_mib * 2**20
@@ -217,7 +227,9 @@ class VLLMEngine(BaseEngine):
         import safetensors.torch
 
         try:
-            for chunk in _chunks(state_dict, self.weight_chunk_bytes):
+            for chunk in _chunks(
+                complete_tied_weights(state_dict, self.tied_weights), self.weight_chunk_bytes
+            ):
                 llm.collective_rpc("llmac_stage_weights", args=(safetensors.torch.save(chunk),))
             llm.collective_rpc("llmac_commit_weights")
         except BaseException:
@@ -250,6 +262,11 @@ class VLLMEngine(BaseEngine):
             reaper.kill()
             reaper.wait()
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the engine computes in (vLLM's resolution of ``dtype``)."""
+        return self._live_llm().llm_engine.model_config.dtype
+
     def _live_llm(self):
         llm = self.__dict__.get("llm")
         if llm is None:
@@ -273,10 +290,14 @@ def _cpu_whole_prefills(model_path: str | Path, max_model_len: int | None) -> di
     do. Whole prefills avoid that path; the token budget must then hold the longest sequence.
     """
     if max_model_len is None:
-        from transformers import AutoConfig
-
-        max_model_len = AutoConfig.from_pretrained(str(model_path)).max_position_embeddings
+        max_model_len = _hf_config(model_path).max_position_embeddings
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)}
+
+
+def _hf_config(model_path: str | Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model_path))
 
 
 def _tcmalloc_preload() -> str | None:

@@ -3,6 +3,7 @@ optimizer and schedule, the frozen reference, and the process reward model."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,13 +11,16 @@ import torch
 
 from llmac.config import ModelConfig
 from llmac.critic.model import init_critic
-from llmac.distributed import prepare_frozen_model
-from llmac.engines import EngineConfig
+from llmac.distributed import is_deepspeed_zero3, prepare_frozen_model
+from llmac.engines import EngineConfig, engine_compute_dtype
+from llmac.errors import ConfigError
 from llmac.models import load_actor
 from llmac.ppo.config import PPOConfig
 from llmac.rl.critics import load_step_critic
-from llmac.rl.forward import PolicyAndValue
+from llmac.rl.forward import PolicyAndValue, dtype_name, precision_mismatch
 from llmac.schedules import lr_multiplier
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +43,8 @@ def build_models(model_config: ModelConfig, engine_config: EngineConfig, config:
         engine_config.delimiter,
     )
     policy = load_actor(actor_path, dtype, model_config.lora_settings())
+    check_engine_precision(next(policy.parameters()).dtype, engine_config, actor_path, config.old_logprobs)
+    check_lora_on_tied_weights(policy, model_config.lora_target_modules, accelerator)
     value = None
     if config.uses_value_model:
         value = (
@@ -71,3 +77,32 @@ def build_models(model_config: ModelConfig, engine_config: EngineConfig, config:
         )
         process_reward_model = prepare_frozen_model(critic, accelerator)
     return PPOModels(model, optimizer, scheduler, reference, process_reward_model)
+
+
+def check_engine_precision(trainer_dtype: torch.dtype, engine_config: EngineConfig, actor_path: Path,
+                           old_logprobs: str) -> None:  # fmt: skip
+    """Refuse an engine computing in another dtype than the trainer when the PPO ratio starts from its
+    log-probs (``old_logprobs='engine'``); otherwise warn in one line what gap that costs."""
+    engine_dtype = engine_compute_dtype(engine_config, actor_path)
+    mismatch = precision_mismatch(trainer_dtype, engine_dtype)
+    if mismatch is None:
+        return
+    if old_logprobs == "engine":
+        raise ConfigError(
+            f"llmac ppo: {mismatch}; with old_logprobs=engine the PPO ratio would start that far from 1. "
+            f"Set engine_dtype: {dtype_name(trainer_dtype)} (engine_dtype={engine_config.engine_dtype} now) or dtype to "
+            "match, or old_logprobs: trainer"
+        )
+    logger.warning("llmac ppo: %s", mismatch)
+
+
+def check_lora_on_tied_weights(policy: torch.nn.Module, targets: str, accelerator) -> None:
+    """Refuse LoRA on a tied embedding or head under ZeRO-3, in one line instead of deep in DeepSpeed:
+    peft gives the head the embedding's adapter as transposed views, which ZeRO-3 cannot partition."""
+    peft_config = getattr(policy, "peft_config", {}).get("default")
+    if getattr(peft_config, "ensure_weight_tying", False) and is_deepspeed_zero3(accelerator):
+        raise ConfigError(
+            f"llmac ppo: lora_target_modules={targets} adapts the tied embeddings/head, and DeepSpeed ZeRO-3 "
+            "cannot partition the adapter peft shares between them: leave embed_tokens and lm_head out "
+            "of lora_target_modules"
+        )

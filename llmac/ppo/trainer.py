@@ -44,7 +44,7 @@ from llmac.distributed import (
     mean_over_processes,
     sum_over_processes,
 )
-from llmac.engines import EngineConfig, build_engine
+from llmac.engines import EngineConfig, RolloutEngine, build_engine
 from llmac.errors import ConfigError
 from llmac.losses import explained_variance, kl_penalty, masked_mean
 from llmac.models import load_tokenizer
@@ -77,7 +77,9 @@ class PPOTrainer:
     """PPO's models, scoring and updates: the algorithm a :class:`~llmac.rl.loop.RunLoop` drives."""
 
     def __init__(self, model_config: ModelConfig, task_config: TaskConfig, engine_config: EngineConfig,
-                 config: PPOConfig) -> None:  # fmt: skip
+                 config: PPOConfig, engine: RolloutEngine | None = None) -> None:  # fmt: skip
+        """``engine``: a running rollout engine already holding the actor's weights (the caller's, left
+        running at the end); by default the main process starts one from ``engine_config``."""
         self.config = config
         self.estimator = get_estimator(config.advantage_estimator)
         actor_path = Path(model_config.model_name_or_path)
@@ -96,10 +98,11 @@ class PPOTrainer:
         self.reference, self.process_reward_model = models.reference, models.process_reward_model
         self.forward = ForwardPasses(config.micro_batch_size, config.temperature, config.value_activation)
         main = self.accelerator.is_main_process
-        engine = build_engine(actor_path, engine_config, self.tokenizer) if main else None
-        self.sampler = Sampler(
-            SamplerSettings.of(config), self.accelerator, engine, train, held_out, reward_fn
-        )
+        owns_engine = engine is None
+        if owns_engine and main:
+            engine = build_engine(actor_path, engine_config, self.tokenizer)
+        self.sampler = Sampler(SamplerSettings.of(config), self.accelerator, engine, train, held_out,
+                               reward_fn, owns_engine)  # fmt: skip
         tracked = {k: v for k, v in asdict(config).items() if v is not None}
         self.loop = RunLoop("ppo", Schedule.of(config), self.accelerator, self, self.sampler,
                             evaluate=self.evaluate, tracker_config=tracked)  # fmt: skip

@@ -16,8 +16,10 @@ from __future__ import annotations
 import enum
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache, lru_cache
+
+from llmac.config import option
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS = re.compile(r"\banswer\s+is\b\s*:?", re.IGNORECASE)
@@ -38,8 +40,8 @@ _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 class FinalAnswer:
     """The span of a text that holds its final answer."""
 
-    text: str = field(metadata={"help": "The answer as written (for \\boxed: the content of the braces)."})
-    latex: bool = field(metadata={"help": "True when the span is LaTeX as a whole (\\boxed content)."})
+    text: str = option(help="The answer as written (for \\boxed: the content of the braces).")
+    latex: bool = option(help="True when the span is LaTeX as a whole (\\boxed content).")
 
 
 def extract_final_answer(text: str) -> FinalAnswer | None:

@@ -27,12 +27,13 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Literal
 
 import llmac
+from llmac.config import option
 from llmac.rewards.answers import Outcome
 from llmac.rewards.worker import WORKER_BOOT, ItemResult, run_item
 from llmac.validation import check_fields
@@ -48,27 +49,18 @@ logger = logging.getLogger("llmac.rewards")  # one logger for the whole package
 class RewardStats:
     """Counts of what a verifier saw; every count except ``correct``/``wrong`` is an item scored 0.0."""
 
-    scored: int = field(default=0, metadata={"help": "Items scored."})
-    correct: int = field(default=0, metadata={"help": "Items whose answer matched the gold."})
-    wrong: int = field(default=0, metadata={"help": "Items with a readable answer that did not match."})
-    no_answer: int = field(
-        default=0, metadata={"help": "Completions with no final-answer marker (or an empty one)."}
+    scored: int = option(0, "Items scored.")
+    correct: int = option(0, "Items whose answer matched the gold.")
+    wrong: int = option(0, "Items with a readable answer that did not match.")
+    no_answer: int = option(0, "Completions with no final-answer marker (or an empty one).")
+    unparsable_answer: int = option(0, "Completions whose final-answer span math-verify could not read.")
+    unparsable_gold: int = option(0, "Gold answers math-verify could not read: a data bug.")
+    errors: int = option(0, "Exceptions inside math-verify/sympy, bad input types, worker crashes.")
+    timeouts: int = option(0, "Items that ran past the timeout.")
+    past_deadline: int = option(
+        0, "Items not judged before their batch's deadline (the one running then included)."
     )
-    unparsable_answer: int = field(
-        default=0, metadata={"help": "Completions whose final-answer span math-verify could not read."}
-    )
-    unparsable_gold: int = field(
-        default=0, metadata={"help": "Gold answers math-verify could not read: a data bug."}
-    )
-    errors: int = field(
-        default=0, metadata={"help": "Exceptions inside math-verify/sympy, bad input types, worker crashes."}
-    )
-    timeouts: int = field(default=0, metadata={"help": "Items that ran past the timeout."})
-    past_deadline: int = field(
-        default=0,
-        metadata={"help": "Items not judged before their batch's deadline (the one running then included)."},
-    )
-    restarts: int = field(default=0, metadata={"help": "Times the worker process was killed and restarted."})
+    restarts: int = option(0, "Times the worker process was killed and restarted.")
 
     def count(self, outcome: Outcome) -> None:
         self.scored += 1
@@ -136,57 +128,39 @@ def _snippet(text: object, limit: int = 80) -> str:
 class VerifierConfig:
     """How a :class:`Verifier` runs and bounds its checks."""
 
-    timeout: float = field(
-        default=5.0,
-        metadata={
-            "help": "Seconds one item may take; past it the item scores 0.0 and counts as a timeout.",
-            "range": "(0, inf)",
-        },
+    timeout: float = option(
+        5.0,
+        "Seconds one item may take; past it the item scores 0.0 and counts as a timeout.",
+        range="(0, inf)",
     )
-    batch_timeout: float | None = field(
-        default=30.0,
-        metadata={
-            "help": "Seconds a batch (one call) may take, plus `batch_timeout_per_item` per item; items not "
-            "judged by then score 0.0 and count as past_deadline. The defaults bound 512 items to 81 s "
-            "(5 s timeouts alone allow 43 min; a GSM8K item takes ~3 ms). None: no batch limit.",
-            "range": "(0, inf)",
-        },
+    batch_timeout: float | None = option(
+        30.0,
+        "Seconds a batch (one call) may take, plus `batch_timeout_per_item` per item; items not "
+        "judged by then score 0.0 and count as past_deadline. The defaults bound 512 items to 81 s "
+        "(5 s timeouts alone allow 43 min; a GSM8K item takes ~3 ms). None: no batch limit.",
+        range="(0, inf)",
     )
-    batch_timeout_per_item: float = field(
-        default=0.1, metadata={"help": "Seconds each item adds to its batch's deadline.", "range": "[0, inf)"}
+    batch_timeout_per_item: float = option(
+        0.1, "Seconds each item adds to its batch's deadline.", range="[0, inf)"
     )
-    mode: Literal["process", "inline"] = field(
-        default="process",
-        metadata={
-            "help": "'process': sympy runs in a child process that is killed on a timeout (works in any "
-            "thread or process). 'inline': in the caller's process, faster to start; the timeout then only "
-            "works from the main thread (SIGALRM) and is off elsewhere.",
-            "choices": ("process", "inline"),
-        },
+    mode: Literal["process", "inline"] = option(
+        "process",
+        "'process': sympy runs in a child process that is killed on a timeout (works in any "
+        "thread or process). 'inline': in the caller's process, faster to start; the timeout then only "
+        "works from the main thread (SIGALRM) and is off elsewhere.",
+        choices=("process", "inline"),
     )
-    soft_interrupt: bool = field(
-        default=True,
-        metadata={
-            "help": "Interrupt a slow item with SIGALRM where it runs, so the worker survives. The parent "
-            "still kills the worker if the item has not returned `kill_grace` seconds after the timeout."
-        },
+    soft_interrupt: bool = option(
+        True,
+        "Interrupt a slow item with SIGALRM where it runs, so the worker survives. The parent "
+        "still kills the worker if the item has not returned `kill_grace` seconds after the timeout.",
     )
-    kill_grace: float = field(
-        default=1.0,
-        metadata={
-            "help": "Seconds past `timeout` before the worker is killed (with soft_interrupt).",
-            "range": "[0, inf)",
-        },
+    kill_grace: float = option(
+        1.0, "Seconds past `timeout` before the worker is killed (with soft_interrupt).", range="[0, inf)"
     )
-    startup_timeout: float = field(
-        default=120.0, metadata={"help": "Seconds the worker may take to start.", "range": "(0, inf)"}
-    )
-    log_interval: float = field(
-        default=60.0,
-        metadata={
-            "help": "Seconds between two warnings about the same kind of problem.",
-            "range": "[0, inf)",
-        },
+    startup_timeout: float = option(120.0, "Seconds the worker may take to start.", range="(0, inf)")
+    log_interval: float = option(
+        60.0, "Seconds between two warnings about the same kind of problem.", range="[0, inf)"
     )
 
     def __post_init__(self):

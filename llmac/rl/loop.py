@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from llmac.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from llmac.distributed import stream_weights
+from llmac.engines import RolloutEngine
 from llmac.hub import push_model
 from llmac.metrics_log import MetricsLog
 from llmac.models import plain_weight_units
@@ -122,13 +123,8 @@ class RunLoop:
         return metrics
 
     def sync_weights(self) -> None:
-        """Push the actor's weights into the engine, gathered (ZeRO-3) and sent one layer at a time."""
-        weights = stream_weights(plain_weight_units(self.algorithm.policy()), self.accelerator)
-        if self.sampler.engine is not None:
-            self.sampler.engine.load_weights(weights)
-        for _ in weights:  # the other processes take part in every gather
-            pass
-        self.accelerator.wait_for_everyone()
+        """Push the actor's weights into the engine (:func:`sync_engine_weights`)."""
+        sync_engine_weights(self.algorithm.policy(), self.sampler.engine, self.accelerator)
 
     def close(self) -> None:
         """Let a background batch finish, then stop the rollout engine."""
@@ -145,3 +141,14 @@ class RunLoop:
         self.sync_weights()
         logger.info("resumed from %s (iteration %d)", checkpoint, state["iteration"])
         return state["iteration"]
+
+
+def sync_engine_weights(policy: torch.nn.Module, engine: RolloutEngine | None, accelerator) -> None:
+    """Push ``policy``'s plain weights (LoRA merged, a tied head included) into ``engine``, gathered
+    (ZeRO-3) and sent one layer at a time. Every process calls it; only the main one has an engine."""
+    weights = stream_weights(plain_weight_units(policy), accelerator)
+    if engine is not None:
+        engine.load_weights(weights)
+    for _ in weights:  # the other processes take part in every gather
+        pass
+    accelerator.wait_for_everyone()

@@ -121,12 +121,32 @@ class SamplerSettings:
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
+def held_out_accuracy(engine: RolloutEngine, held_out: Prompts, settings: SamplerSettings,
+                      reward_fn: RewardFn) -> dict[str, float]:  # fmt: skip
+    """Accuracy and direct-answer share on every held-out prompt: one greedy completion each
+    (``eval_*``) and, if ``settings.eval_samples``, that many at the rollout temperature (``eval_sampled_*``)."""
+    indices = list(range(len(held_out.ids)))
+    runs = [("eval", SamplingConfig(n=1, temperature=0.0, max_new_tokens=settings.max_new_tokens))]
+    if settings.eval_samples:
+        runs.append(("eval_sampled", SamplingConfig(
+            n=settings.eval_samples, temperature=settings.temperature, top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens, seed=settings.seed)))  # fmt: skip
+    result = {}
+    for key, sampling in runs:
+        groups = sample_groups(engine, held_out, indices, sampling, reward_fn, settings.reward)
+        samples = [s for g in groups for s in g]
+        result[f"{key}_accuracy"] = float(np.mean([s.reward for s in samples]))
+        result[f"{key}_direct_answer_share"] = direct_answer_share([s.text for s in samples])
+    return result
+
+
 class Sampler:
     """Batches of verified groups for each iteration, sampled on the main process and shared by all."""
 
     def __init__(self, settings: SamplerSettings, accelerator, engine: RolloutEngine | None,
-                 train: Prompts, held_out: Prompts, reward_fn: RewardFn) -> None:  # fmt: skip
+                 train: Prompts, held_out: Prompts, reward_fn: RewardFn, owns_engine: bool = True) -> None:  # fmt: skip
         self.settings, self.accelerator, self.engine = settings, accelerator, engine
+        self.owns_engine = owns_engine  # False: the caller's engine, left running by close()
         self.train, self.held_out, self.reward_fn = train, held_out, reward_fn
         self.order = PromptOrder(len(train.ids), settings.seed)
         self.completions = 0  # generated so far, filtered groups included
@@ -227,28 +247,16 @@ class Sampler:
 
     def evaluate(self) -> dict:
         """Held-out accuracy, greedy and sampled at the rollout temperature (main process; others wait)."""
-        settings, result = self.settings, {}
+        result = {}
         if self.engine is not None:
-            indices = list(range(len(self.held_out.ids)))
-            greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=settings.max_new_tokens)
-            runs = [("eval", greedy)]
-            if settings.eval_samples:
-                runs.append(("eval_sampled", SamplingConfig(
-                    n=settings.eval_samples, temperature=settings.temperature, top_p=settings.top_p,
-                    max_new_tokens=settings.max_new_tokens, seed=settings.seed)))  # fmt: skip
-            for key, sampling in runs:
-                groups = sample_groups(self.engine, self.held_out, indices, sampling, self.reward_fn,
-                                       settings.reward)  # fmt: skip
-                samples = [s for g in groups for s in g]
-                result[f"{key}_accuracy"] = float(np.mean([s.reward for s in samples]))
-                result[f"{key}_direct_answer_share"] = direct_answer_share([s.text for s in samples])
+            result = held_out_accuracy(self.engine, self.held_out, self.settings, self.reward_fn)
         self.accelerator.wait_for_everyone()
         return result
 
     def close(self) -> None:
-        """Let a background batch finish, then stop the rollout engine."""
+        """Let a background batch finish, then stop the rollout engine (if it is the sampler's own)."""
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread, self._next = None, None
-        if self.engine is not None:
+        if self.engine is not None and self.owns_engine:
             self.engine.close()
