@@ -50,16 +50,16 @@ from llmac.validation import check_fields
 
 logger = logging.getLogger(__name__)
 
+# The Math-Shepherd / TRL-PRM layout every step-label dataset starts with (`llmac critic train` reads it).
+PRM_COLUMNS = {
+    "prompt": Value("string"),
+    "completions": List(Value("string")),
+    "labels": List(Value("float64")),
+    "hard_labels": List(Value("int64")),
+    "answer": Value("string"),
+}
 LABEL_FEATURES = Features(
-    {
-        "prompt": Value("string"),
-        "completions": List(Value("string")),
-        "labels": List(Value("float64")),
-        "hard_labels": List(Value("int64")),
-        "answer": Value("string"),
-        "solution_reward": Value("float64"),
-        "source_index": Value("int64"),
-    }
+    {**PRM_COLUMNS, "solution_reward": Value("float64"), "source_index": Value("int64")}
 )
 
 

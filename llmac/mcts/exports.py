@@ -31,22 +31,14 @@ from collections.abc import Sequence
 
 from datasets import Dataset, Features, List, Value
 
+from llmac.critic.labelling import PRM_COLUMNS
 from llmac.mcts.tree import Node, Tree, to_probability
 from llmac.steps import DEFAULT_DELIMITER
 
 logger = logging.getLogger(__name__)
 
 VALUE_LABEL_FEATURES = Features(
-    {
-        "prompt": Value("string"),
-        "completions": List(Value("string")),
-        "labels": List(Value("float64")),
-        "hard_labels": List(Value("int64")),
-        "answer": Value("string"),
-        "visits": List(Value("int64")),
-        "outcome": Value("float64"),
-        "tree_index": Value("int64"),
-    }
+    {**PRM_COLUMNS, "visits": List(Value("int64")), "outcome": Value("float64"), "tree_index": Value("int64")}
 )
 PAIR_FEATURES = Features(
     {
