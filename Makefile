@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench smollm2
+.PHONY: setup demo demo-real test lint bench smollm2
 
 setup: $(VENV)/.llmac-installed
 
@@ -20,8 +20,14 @@ lint: setup
 	$(VENV)/bin/ruff format --check llmac tests bench
 
 # SmolLM2-135M-Instruct imported once into ~/.cache/llmac/smollm2 (LLMAC_CACHE moves it); not part of setup/test.
+SMOLLM2 ?= $(or $(LLMAC_CACHE),$(HOME)/.cache/llmac)/smollm2/SmolLM2-135M-Instruct
+
 smollm2: setup
 	LLMAC_VENV=$(VENV) bash scripts/fetch_smollm2.sh
 
-bench: setup
+# The demo's spine on SmolLM2-135M-Instruct (README, "A real model"): under an hour on 2 CPU cores.
+demo-real: smollm2
+	$(VENV)/bin/llmac demo --config recipes/demo_smollm2.yaml --model_name_or_path $(SMOLLM2)
+
+bench: setup smollm2
 	for b in bench/*.py; do $(VENV)/bin/python $$b --quick || exit 1; done

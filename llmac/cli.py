@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "critic": ("llmac.critic.cli", "main", "step critic: label | train | eval | score | inspect"),
     "ppo": ("llmac.ppo.trainer", "main", "PPO with a step-level critic (vLLM rollouts, DeepSpeed)"),
     "dapo": ("llmac.dapo.cli", "main", "Direct Advantage Policy Optimization (Skywork): build | train"),
+    "critique": ("llmac.critique.cli", "main", "critiques: sft | train (Critique-RL) | refine | eval"),
     "export": ("llmac.hub", "main", "make a model or dataset Hub-ready (safetensors, card), optionally push"),
     "import-gguf": ("llmac.gguf_import", "main", "a GGUF checkpoint as a checked from_pretrained folder"),
     "plot": ("llmac.plot", "main", "PNG training curves of a run folder (metrics.jsonl)"),
@@ -59,6 +60,9 @@ INPUT_FIELDS: dict[str, str] = {
     "eval_path": "data file",
     "ppo_recipe": "recipe file",
     "gguf": "GGUF file",
+    "actor": "model folder",
+    "reference_model": "model folder",
+    "critic_init": "model folder",
 }
 
 
@@ -164,7 +168,7 @@ def command_name(argv: Sequence[str]) -> str:
     """``llmac critic train`` for ``["critic", "train", ...]``: the words before the first flag."""
     words = []
     for arg in argv[:2]:
-        if arg.startswith("-") or (words and words[0] not in ("critic", "dapo")):
+        if arg.startswith("-") or (words and words[0] not in ("critic", "dapo", "critique")):
             break
         words.append(arg)
     return " ".join(["llmac", *words])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import MISSING, Field, dataclass, field
 from functools import partial
@@ -101,7 +102,7 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None, pr
     if any(issubclass(t, TrainingArguments) for t in dataclass_types):
         parser.set_defaults(**trainer_kwargs(), **_cpu_precision_defaults(dataclass_types, argv))
     try:
-        return parser.parse_args_and_config(args=argv)
+        return tuple(_expand_home(config) for config in parser.parse_args_and_config(args=argv))
     except LlmacError:
         raise
     except ValueError as error:  # a field's own check (__post_init__), an unknown field
@@ -109,6 +110,15 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None, pr
         if message.startswith("Some specified arguments are not used"):
             message = f"unknown field(s) {message.partition(': ')[2]}"
         _refuse(prog or "llmac", message)
+
+
+def _expand_home(config):
+    """``config`` with ``~/...`` paths expanded: a shell does it for flags, nothing does it for YAML."""
+    for name in (f.name for f in dataclasses.fields(config)):
+        value = getattr(config, name)
+        if isinstance(value, str) and value.startswith("~/"):
+            object.__setattr__(config, name, os.path.expanduser(value))
+    return config
 
 
 def _refuse(prog: str, message: str) -> None:

@@ -52,8 +52,10 @@ from llmac.fingerprints import (
     stage_done,
     write_stage_stamp,
 )
+from llmac.hub import export_model
 from llmac.metrics_log import MetricsLog
 from llmac.outputs import read_marker
+from llmac.parity import critic_export_gap, greedy_parity
 from llmac.plot import plot_run
 from llmac.ppo.config import PPOConfig
 from llmac.ppo.trainer import CONFIG_CLASSES as PPO_CONFIG_CLASSES
@@ -96,6 +98,11 @@ class DemoConfig:
     )
     ppo_iterations: int | None = option(
         None, "PPO iterations; None keeps the recipe's num_iterations.", range="[1, inf)"
+    )
+    parity_prompts: int = option(
+        16,
+        "Held-out prompts greedy-decoded by HF and by the engine from the exported actor.",
+        range="[1, inf)",
     )
 
     def __post_init__(self) -> None:
@@ -259,6 +266,30 @@ class RewardNotices:
         self._log.setLevel(self._level)
 
 
+def _lora_key(model_config: ModelConfig) -> dict | None:
+    settings = model_config.lora_settings()
+    return asdict(settings) if settings is not None else None
+
+
+def _export_and_check(ppo_dir: Path, export_dir: Path, demo: DemoConfig, rollouts: Dataset,
+                      engine_config: EngineConfig) -> dict:  # fmt: skip
+    """``llmac export`` of PPO's actor and critic; HF-vs-engine greedy parity and the critic's score gap."""
+    actor = export_model(ppo_dir / "actor", export_dir / "actor", overwrite=True)
+    critic = export_model(ppo_dir / "critic", export_dir / "critic", overwrite=True)
+    firsts = rollouts.filter(lambda row: row["sample_index"] == 0)  # one solution per held-out problem
+    sample = firsts.select(range(min(demo.parity_prompts, len(firsts))))
+    parity = greedy_parity(actor, sample["prompt"], demo.eval_max_new_tokens, engine_config)
+    texts = [p + c for p, c in zip(sample["prompt"], sample["completion"], strict=True)]
+    return {
+        "actor": str(actor),
+        "critic": str(critic),
+        "greedy_parity": parity.summary(),
+        "greedy_identical": parity.identical,
+        "greedy_prompts": parity.num_prompts,
+        "critic_max_abs_gap": critic_export_gap(ppo_dir / "critic", critic, texts),
+    }
+
+
 # What `recipes/demo.yaml` fills, in order.
 CONFIG_CLASSES = (DemoConfig, ModelConfig, TaskConfig, SFTConfig, EngineConfig)
 
@@ -345,9 +376,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         use_cpu=sft_args.use_cpu,
     )
     data = CriticDataConfig(init_from=str(sft_dir), train_data=str(run_dir / "critic_labels"))
-    critic_key = inputs_key(stage="critic", actor=actor, data=_config_inputs(data),
+    # The critic and PPO's actor train the SFT'd model with the demo's LoRA settings (if any).
+    trained_model = replace(model_config, model_name_or_path=str(sft_dir))
+    critic_key = inputs_key(stage="critic", actor=actor, data=_config_inputs(data), lora=_lora_key(model_config),
                             critic=_config_inputs(critic_args))  # fmt: skip
-    _model_stage(critic_dir, critic_key, lambda: run_critic_training(ModelConfig(), data, critic_args))
+    _model_stage(critic_dir, critic_key, lambda: run_critic_training(trained_model, data, critic_args))
     lap("critic_train")
 
     # 6. How good is it?
@@ -362,12 +395,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ppo_dir = run_dir / "ppo"
     ppo_config = _ppo_config(demo, ppo_dir, sft_args.seed)
     ppo_key = inputs_key(stage="ppo", actor=actor, critic=model_fingerprint(critic_dir), task=task_inputs,
-                         engine=_config_inputs(engine_config), ppo=_config_inputs(ppo_config))  # fmt: skip
+                         engine=_config_inputs(engine_config), ppo=_config_inputs(ppo_config),
+                         lora=_lora_key(model_config))  # fmt: skip
     _model_stage(
         ppo_dir,
         ppo_key,
         lambda: run_ppo(
-            ModelConfig(model_name_or_path=str(sft_dir)),
+            trained_model,
             task_config,
             engine_config,
             replace(ppo_config, value_model=str(critic_dir), advantage_estimator="step_gae"),
@@ -377,6 +411,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     evals = [(r["iteration"], r["eval_accuracy"]) for r in MetricsLog(ppo_dir).read() if "eval_accuracy" in r]
     curves = plot_run(ppo_dir)
     lap("ppo")
+
+    # 8. Export the trained actor and critic, and reload them the way users will.
+    exported = _export_and_check(ppo_dir, run_dir / "export", demo, held_out_rollouts, engine_config)
+    lap("export")
     rewards.close()
     timings["total_s"] = time.perf_counter() - started
 
@@ -391,12 +429,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "ppo_iterations": ppo_config.num_iterations,
         "ppo_held_out_accuracy": evals,
         "ppo_gain": evals[-1][1] - evals[0][1],
+        "export": exported,
         **timings,
     }
     write_text_atomically(run_dir / "demo_results.json", json.dumps(results, indent=2))
     n = selection.n
     print("\n== llmac demo ==")
-    print(f"SFT'd tiny actor on {len(held_out)} held-out arithmetic problems ({results['engine']}):")
+    print(
+        f"SFT'd actor ({model_config.model_name_or_path}) on {len(held_out)} held-out problems ({results['engine']}):"
+    )
     print(f"  greedy accuracy: {greedy.pass_at_1:.1%}")
     print(f"  sampled (T={demo.eval_temperature}): {sampled.summary()}")
     print(f"Step critic on {on_labels.num_solutions} held-out solutions ({on_labels.num_steps} steps):")
@@ -417,9 +458,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"  held-out greedy accuracy: {evals[0][1]:.1%} before -> {evals[-1][1]:.1%} after "
         f"({100 * results['ppo_gain']:+.1f} points); curves: {curves[0].parent}"
     )
+    print(f"Export to {run_dir / 'export'}: {exported['greedy_parity']}; critic scores after a plain "
+          f"from_pretrained reload differ by {exported['critic_max_abs_gap']:.1e} at most")  # fmt: skip
     minutes = {k: v / 60 for k, v in timings.items()}
     print(
-        f"  wall time: {minutes['total_s']:.1f} min (SFT {minutes['sft_s']:.1f}, MC labels "
-        f"{minutes['mc_labels_s']:.1f}, critic training {minutes['critic_train_s']:.1f}, PPO {minutes['ppo_s']:.1f})"
+        f"  wall time: {minutes['total_s']:.1f} min (SFT {minutes['sft_s']:.1f}, eval {minutes['actor_eval_s']:.1f}, "
+        f"MC labels {minutes['mc_labels_s']:.1f}, critic training {minutes['critic_train_s']:.1f}, "
+        f"PPO {minutes['ppo_s']:.1f}, export {minutes['export_s']:.1f})"
     )
     return results

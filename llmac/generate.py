@@ -13,6 +13,7 @@ from llmac.data.tasks import SPLITS, TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
 from llmac.errors import ConfigError
 from llmac.evaluation import EvalResult, evaluate
+from llmac.field_groups import SamplingFields
 from llmac.files import write_text_atomically
 from llmac.outputs import (
     check_output,
@@ -31,15 +32,13 @@ SHARD_STAMP = "inputs.json"  # what rollouts.ShardStore writes into a shard fold
 
 
 @dataclass
-class RolloutRunConfig:
-    """What to sample from which actor, and where the results go."""
+class RolloutRunConfig(SamplingFields):
+    """What to sample from which actor (temperature, top_p, max_new_tokens: :class:`SamplingFields`), and
+    where the results go."""
 
     model_name_or_path: str = option("", "The actor: a local folder or Hub id.")
     split: str = option("eval", "Task split to sample: 'train', 'rl' or 'eval'.", choices=SPLITS)
     num_samples: int = option(4, "Completions per prompt (k of pass@k and maj@k).", range="[1, inf)")
-    temperature: float = option(1.0, "Sampling temperature; 0 is greedy.", range="[0, inf)")
-    top_p: float = option(1.0, "Nucleus sampling mass.", range="(0, 1]")
-    max_new_tokens: int = option(256, "Tokens per completion at most.", range="[1, inf)")
     seed: int = option(0, "Sampling seed.", range="[0, inf)")
     reward: str = option("math", "Reward function: a registered name or 'module:function'.")
     output_dir: str | None = option(None, "Where to write rollouts (and eval metrics).")
@@ -49,13 +48,7 @@ class RolloutRunConfig:
         check_fields(self)
 
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(
-            n=self.num_samples,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens,
-            seed=self.seed,
-        )
+        return self.sampling_config(self.num_samples, self.seed)
 
     def check(self) -> None:
         if not self.model_name_or_path:

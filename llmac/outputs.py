@@ -267,6 +267,18 @@ def check_work_folder(path: str | Path, stamp: str, sources: Iterable[str | Path
         )
 
 
+def claim_work_folder(
+    output: str | Path, command: str, overwrite: bool, sources: Iterable[str | Path | None]
+) -> Path:
+    """Check ``output`` and claim its sibling ``<name>.partial``, where a resumable job keeps its finished
+    shards until ``output`` is saved (then :func:`remove_own_folder` it); returns that folder."""
+    output, sources = Path(output), list(sources)
+    work = output.with_name(output.name + ".partial")
+    check_output(output, command, overwrite=overwrite, sources=sources)
+    check_work_folder(work, MARKER, sources=sources)
+    return claim_output(work, command)
+
+
 def remove_own_folder(path: str | Path, command: str, stamp: str | None = None) -> None:
     """Delete the work folder ``path`` if llmac made it (its marker, or ``stamp``); else keep it."""
     path = Path(path)

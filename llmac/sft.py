@@ -21,7 +21,15 @@ from llmac.data.loading import DataError, format_prompt
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.distributed import end_process_group
 from llmac.errors import ConfigError
-from llmac.models import build_tiny_model, load_actor, load_tokenizer, lora_config, train_tiny_tokenizer
+from llmac.models import (
+    LoraSettings,
+    build_tiny_model,
+    load_actor,
+    load_tokenizer,
+    lora_config,
+    tied_modules,
+    train_tiny_tokenizer,
+)
 from llmac.outputs import OutputConfig, has_trainer_checkpoint, prepare_output, save_final_folder
 
 logger = logging.getLogger(__name__)
@@ -69,8 +77,7 @@ def run_sft(
     llmac output, which stays whole until the new model replaces it (see :mod:`llmac.outputs`).
     """
     lora = model_config.lora_settings()
-    peft_config = lora_config(lora) if lora is not None else None
-    if peft_config is not None and is_deepspeed_zero3_enabled():
+    if lora is not None and is_deepspeed_zero3_enabled():
         # merge_and_unload below needs whole weights; ZeRO-3 shards them.
         raise ConfigError("llmac sft: LoRA under DeepSpeed ZeRO-3 is not supported yet; use a ZeRO-2 config")
     output_dir = Path(args.output_dir)
@@ -78,7 +85,7 @@ def run_sft(
     work = prepare_output(output_dir, "sft", overwrite, sources, resumable=has_trainer_checkpoint)
     try:
         args.output_dir = str(work)  # checkpoints go there; the final model goes to output_dir
-        return _train_and_save(model_config, task_config, args, peft_config, work, output_dir)
+        return _train_and_save(model_config, task_config, args, lora, work, output_dir)
     finally:
         args.output_dir = str(output_dir)
 
@@ -87,11 +94,13 @@ def _train_and_save(
     model_config: ModelConfig,
     task_config: TaskConfig,
     args: SFTConfig,
-    peft_config,
+    lora: LoraSettings | None,
     work: Path,
     output_dir: Path,
 ) -> Path:
     model, tokenizer = build_actor(model_config, task_config, seed=args.seed)
+    # A tied model's embedding and head share one adapter (see lora_config).
+    peft_config = lora_config(lora, tied_modules(model)) if lora is not None else None
     train_rows = sft_dataset(load_task(task_config, "train"), tokenizer)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_rows, processing_class=tokenizer, peft_config=peft_config

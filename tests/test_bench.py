@@ -203,3 +203,21 @@ def test_model_flag_measures_a_real_model_into_its_own_results_file(bench, tmp_p
     with pytest.raises(SystemExit):
         parsed("--model", str(tmp_path))  # no config.json: refused before anything runs
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_gsm8k_critic_reads_four_labelled_solutions_a_question_and_names_a_bad_row(tmp_path, gsm8k_dir):
+    import gsm8k_critic
+
+    from llmac.data.loading import DataError
+
+    questions = gsm8k_critic.read_solutions(gsm8k_dir / "model_solutions.jsonl")
+    assert len(questions) == 660 and all(len(q["solutions"]) == 4 for q in questions)
+    steps, correct, key = questions[0]["solutions"][0]  # Janet's ducks, 6B fine-tuned: 26, wrong (gold 18)
+    assert steps[-1] == "A: 26" and key == "26" and correct is False and len(steps) == 3
+
+    row = json.loads((gsm8k_dir / "model_solutions.jsonl").read_text().splitlines()[0])
+    row["175b_verification"]["is_correct"] = "yes"
+    bad = tmp_path / "solutions.jsonl"
+    bad.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=r"solutions\.jsonl:1: field '175b_verification'"):
+        gsm8k_critic.read_solutions(bad)

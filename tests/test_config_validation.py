@@ -45,6 +45,9 @@ REQUIRED = {
     "CriticDataConfig": {"init_from": "runs/sft", "train_data": "labels"},
     "CriticConfig": {"output_dir": "runs/test-config-validation", "report_to": "none"},
     "ImportGGUFConfig": {"gguf": "model.gguf", "output_dir": "runs/imported"},
+    "CritiqueRLConfig": {"actor": "runs/demo/sft"},
+    "CritiqueEvalConfig": {"actor": "runs/demo/sft", "critic": "runs/critique/critic"},
+    "CritiqueSFTRunConfig": {"actor": "runs/demo/sft"},
 }
 # Numbers that are right whatever their value, with the reason; every other number declares a range.
 UNBOUNDED = {

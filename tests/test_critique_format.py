@@ -20,7 +20,7 @@ JUDGED = [
 
 
 def test_registry_has_both_builtins_and_rejects_unknown_names():
-    assert critique_format_names() == ["compact", "verbose"]
+    assert {"compact", "verbose"} <= set(critique_format_names())  # other modules may register more
     with pytest.raises(ConfigError, match="unknown critique format 'long'"):
         get_critique_format("long")
 

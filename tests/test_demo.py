@@ -59,6 +59,14 @@ def test_demo_runs_the_whole_spine_and_a_rerun_reuses_every_stage(tmp_path):
     assert (run / "ppo" / "plots").is_dir() and any((run / "ppo" / "plots").glob("*.png"))
     for stage in ("sft", "critic", "ppo/actor", "ppo/critic"):  # ppo/critic: step GAE trained a value model
         assert (run / stage / "config.json").is_file(), stage
+    # The exported actor greedy-decodes the same tokens in plain transformers and in vLLM (float32 both),
+    # and the exported critic scores as the trained one does.
+    exported = results["export"]
+    assert exported["greedy_prompts"] == 16 and exported["greedy_identical"] == 16, exported["greedy_parity"]
+    assert exported["critic_max_abs_gap"] < 1e-5
+    assert (run / "export" / "actor" / "README.md").is_file() and (
+        run / "export" / "critic" / "README.md"
+    ).is_file()
 
     # A rerun finds every stage's output and trains nothing again.
     stamps = {

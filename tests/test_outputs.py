@@ -508,8 +508,10 @@ def test_ppo_saves_actor_and_critic_through_the_atomic_helper(tmp_path, monkeypa
         policy_weights=lambda: policy.state_dict(),
         tokenizer=AutoTokenizer.from_pretrained(str(tmp_path / "a")),
     )
+    from llmac.rl import saving
+
     monkeypatch.setattr(ppo, "full_state_dict", lambda model, accelerator: model.state_dict())
-    recorder = Recorder(monkeypatch, ppo)
+    recorder = Recorder(monkeypatch, saving)
     ppo.PPOTrainer.save(fake)
     ppo.PPOTrainer.save(fake)  # a resumed finished run saves again: replaces its own folders
     run = tmp_path / "run"

@@ -140,6 +140,7 @@ def demo_workdir(tmp_path_factory, tiny_actor_dir) -> Path:
     load_critic_tokenizer(run / "sft").save_pretrained(run / "critic")
     shutil.copytree(run / "sft", run / "ppo" / "actor")
     shutil.copytree(run / "critic", run / "ppo" / "critic")
+    shutil.copytree(run / "ppo", run / "export")  # stands for `llmac export` of ppo/actor and ppo/critic
     log = MetricsLog(run / "ppo")
     log.write({"iteration": 0, "completions": 0, "eval_accuracy": 0.25})
     log.write({"iteration": 1, "completions": 512, "reward_mean": 0.3, "eval_accuracy": 0.3})

@@ -13,6 +13,8 @@ import yaml
 from llmac.config import parse_config
 from llmac.critic.cli import LABEL_CONFIG_CLASSES
 from llmac.critic.training import CONFIG_CLASSES as CRITIC_TRAIN_CLASSES
+from llmac.critique.sft import CONFIG_CLASSES as CRITIQUE_SFT_CLASSES
+from llmac.critique.trainer import CONFIG_CLASSES as CRITIQUE_TRAIN_CLASSES
 from llmac.dapo.build import CONFIG_CLASSES as DAPO_BUILD_CLASSES
 from llmac.dapo.trainer import CONFIG_CLASSES as DAPO_TRAIN_CLASSES
 from llmac.demo import CONFIG_CLASSES as DEMO_CLASSES
@@ -27,10 +29,13 @@ COMMANDS = {
     "sft/*.yaml": SFT_CLASSES,
     "critic/label_*.yaml": LABEL_CONFIG_CLASSES,
     "critic/tiny_arithmetic.yaml": CRITIC_TRAIN_CLASSES,
-    "demo.yaml": DEMO_CLASSES,
+    "demo*.yaml": DEMO_CLASSES,
     "dapo/*_build.yaml": DAPO_BUILD_CLASSES,
     "dapo/*_train.yaml": DAPO_TRAIN_CLASSES,
     "dapo/qwen*.yaml": DAPO_TRAIN_CLASSES,
+    "critique/*_sft.yaml": CRITIQUE_SFT_CLASSES,
+    "critique/*_stage*.yaml": CRITIQUE_TRAIN_CLASSES,
+    "critique/qwen*.yaml": CRITIQUE_TRAIN_CLASSES,
 }
 
 

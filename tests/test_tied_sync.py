@@ -98,9 +98,9 @@ def gap(engine, model: torch.nn.Module, prompts: list[str]) -> float:
     ]
 
 
-def update(model: torch.nn.Module, tokenizer, prompts: list[str], step: int) -> None:
+def update(model: torch.nn.Module, tokenizer, prompts: list[str], step: int, lr: float = 0.05) -> None:
     """Two AdamW steps of next-token loss on the prompts: every trainable weight moves, the tied one too."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     batch = tokenizer(prompts[step::2], return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     for _ in range(2):
@@ -230,6 +230,33 @@ def test_hf_engine_takes_a_headless_sync_of_a_tied_model(tied_dir, prompts):
     with pytest.raises(LlmacError, match="tie_word_embeddings"):
         weights = plain_state_dict(policy)
         engine.load_weights({**weights, HEAD: weights[HEAD] * 2})
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.ci_may_skip
+@pytest.mark.parametrize("lora", [None, "all-linear"], ids=["plain", "lora"])
+def test_smollm2_in_vllm_runs_the_trainers_weights_after_each_sync(smollm2_dir, accelerator, lora):
+    """The same check on the real tied model (49k-token vocabulary, 30 layers): two updates, two syncs."""
+    from llmac.engines.vllm import VLLMEngine
+
+    tokenizer = load_tokenizer(smollm2_dir)
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": f"What is {a} + {b}?"}], tokenize=False,
+                                      add_generation_prompt=True)
+        for a, b in [(12, 30), (7, 45), (81, 9), (23, 64)]
+    ]  # fmt: skip
+    settings = None if lora is None else LoraSettings(r=8, alpha=16, target_modules=lora)
+    policy = load_actor(smollm2_dir, "float32", settings)
+    engine = VLLMEngine(smollm2_dir, dtype="float32", max_model_len=256, seed=0, kv_cache_gib=1)
+    try:
+        assert gap(engine, policy, prompts) <= MAX_GAP
+        for step in range(2):
+            update(policy, tokenizer, prompts, step, lr=1e-3)
+            sync_engine_weights(policy, engine, accelerator)
+            assert gap(engine, policy, prompts) <= MAX_GAP, step
+    finally:
+        engine.close()
 
 
 # -- dtypes (item 6) -------------------------------------------------------------------------------

@@ -18,15 +18,15 @@ from llmac.critic.evaluation import score_dataset, solutions_of
 from llmac.critic.labelling import MCLabelConfig, label_steps
 from llmac.data.loading import load_records
 from llmac.data.tasks import SPLITS, TaskConfig, load_task
-from llmac.engines import EngineConfig, SamplingConfig, build_engine
+from llmac.engines import EngineConfig, build_engine
 from llmac.errors import ConfigError, OutputError
+from llmac.field_groups import SolutionFields
 from llmac.files import write_text_atomically
 from llmac.outputs import (
-    MARKER,
     check_file_output,
     check_output,
-    check_work_folder,
     claim_output,
+    claim_work_folder,
     overwrite_field,
     remove_own_folder,
     write_marker,
@@ -57,17 +57,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 @dataclass
-class LabelRunConfig:
-    """Which solutions to label: sampled here from an actor, or read from a rollout dataset."""
+class LabelRunConfig(SolutionFields):
+    """Which solutions to label: sampled here from an actor (:class:`SolutionFields`), or read from a
+    rollout dataset."""
 
     model_name_or_path: str = option("", "The actor that samples solutions and MC completions.")
     solutions: str | None = option(
         None, "A rollout dataset (`llmac generate`) to label; omit to sample from the task."
     )
     split: str = option("train", "Task split to sample solutions for.", choices=SPLITS)
-    num_solutions: int = option(4, "Solutions sampled per question.", range="[1, inf)")
-    solution_temperature: float = option(1.0, "Temperature of those solutions.", range="[0, inf)")
-    solution_max_new_tokens: int = option(256, "Tokens per solution at most.", range="[1, inf)")
     reward: str = option("math", "Reward function: registered name or 'module:fn'.")
     output_dir: str = option("", "Where the labelled dataset is written.")
     overwrite: bool = overwrite_field()
@@ -85,24 +83,16 @@ def label_main(argv: Sequence[str] | None = None) -> Path:
     if not run.model_name_or_path or not run.output_dir:
         raise ConfigError("llmac critic label: --model_name_or_path and --output_dir are required")
     output = Path(run.output_dir)
-    work = output.with_name(output.name + ".partial")  # finished shards, kept until the end
     inputs = [run.model_name_or_path, run.solutions, task.train_path, task.eval_path]
-    check_output(output, "critic label", overwrite=run.overwrite, sources=inputs)
-    check_work_folder(work, MARKER, sources=inputs)
-    claim_output(work, "critic label")
+    work = claim_work_folder(output, "critic label", run.overwrite, inputs)
     reward_fn = get_reward_fn(run.reward)
     engine = build_engine(run.model_name_or_path, engine_config)
     try:
         if run.solutions:
             solutions = load_records(run.solutions)
         else:
-            sampling = SamplingConfig(
-                n=run.num_solutions,
-                temperature=run.solution_temperature,
-                max_new_tokens=run.solution_max_new_tokens,
-                seed=mc.seed,
-            )
             rows = load_task(task, run.split)
+            sampling = run.solution_sampling(mc.seed)
             solutions = sample_rollouts(engine, rows, sampling, reward_fn, shard_dir=work / "solutions")
         labelled = label_steps(engine, solutions, mc, reward_fn, shard_dir=work / "labels")
     finally:

@@ -43,6 +43,7 @@ from datasets import Dataset, Features, List, Value
 from llmac.config import option
 from llmac.data.loading import format_prompt
 from llmac.engines.base import PromptLike, RolloutEngine, SamplingConfig
+from llmac.field_groups import SamplingFields
 from llmac.rewards.checks import verify
 from llmac.rollouts import RewardFn, ShardStore, job_fingerprint, run_in_shards
 from llmac.steps import clean_steps, join_steps, split_steps, step_spans
@@ -64,15 +65,13 @@ LABEL_FEATURES = Features(
 
 
 @dataclass
-class MCLabelConfig:
-    """Monte-Carlo step labelling (Math-Shepherd): how many continuations, how they are sampled."""
+class MCLabelConfig(SamplingFields):
+    """Monte-Carlo step labelling (Math-Shepherd): how many continuations, how they are sampled
+    (temperature, top_p and max_new_tokens: :class:`~llmac.field_groups.SamplingFields`)."""
 
     num_rollouts: int = option(
         8, "N: continuations sampled per step prefix (8 in Math-Shepherd).", range="[1, inf)"
     )
-    temperature: float = option(1.0, "Sampling temperature of the continuations.", range="[0, inf)")
-    top_p: float = option(1.0, "Nucleus sampling mass of the continuations.", range="(0, 1]")
-    max_new_tokens: int = option(256, "Tokens generated at most per continuation.", range="[1, inf)")
     seed: int = option(
         0, "Base seed; each prefix's continuations get seeds derived from it.", range="[0, inf)"
     )
@@ -88,13 +87,7 @@ class MCLabelConfig:
 
     def sampling(self, seed: int) -> SamplingConfig:
         """The sampling settings of one engine call whose first continuation has seed ``seed``."""
-        return SamplingConfig(
-            n=self.num_rollouts,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens,
-            seed=seed,
-        )
+        return self.sampling_config(self.num_rollouts, seed)
 
 
 # -- pure label arithmetic -------------------------------------------------------------------------

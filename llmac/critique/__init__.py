@@ -6,6 +6,11 @@
 - :mod:`~llmac.critique.rewards`: Critique-RL's stage I / stage II rewards (pure).
 - :mod:`~llmac.critique.metrics`: Acc, Acc after refine, Acc@Dis, first-error F1, best-of-N (pure).
 - :mod:`~llmac.critique.refine`: the critique -> refine loop through the rollout engines.
+- :mod:`~llmac.critique.objective`: Critique-RL's KL-shaped rewards, RLOO advantages and loss (pure).
+- :mod:`~llmac.critique.episodes`, :mod:`~llmac.critique.trainer`, :mod:`~llmac.critique.config`:
+  Critique-RL on the RL core (``llmac critique train``).
+- :mod:`~llmac.critique.sft`, :mod:`~llmac.critique.evaluate`, :mod:`~llmac.critique.cli`: ``llmac critique
+  sft | train | refine | eval``.
 
 Nothing is imported here, so importing one module does not pull in the engines (torch).
 """

@@ -37,14 +37,12 @@ from llmac.dapo.config import DAPOBuildConfig
 from llmac.dapo.states import balanced_subset, group_by_state, solution_nodes, unique_nodes, visit_counts
 from llmac.data.loading import format_prompt
 from llmac.data.tasks import TaskConfig, load_task
-from llmac.engines import EngineConfig, RolloutEngine, SamplingConfig, build_engine
+from llmac.engines import EngineConfig, RolloutEngine, build_engine
 from llmac.errors import ConfigError
 from llmac.files import write_text_atomically
 from llmac.outputs import (
-    MARKER,
     check_output,
-    check_work_folder,
-    claim_output,
+    claim_work_folder,
     remove_own_folder,
     staged_folder,
 )
@@ -142,8 +140,7 @@ def _value_shard(
     mc_seed: int,
 ) -> Dataset:
     k, delimiter = build.num_solutions, engine.delimiter
-    sampling = SamplingConfig(n=k, temperature=build.solution_temperature,
-                              max_new_tokens=build.solution_max_new_tokens, seed=mc.seed + questions[0].index * k)  # fmt: skip
+    sampling = build.solution_sampling(mc.seed + questions[0].index * k)
     groups = engine.generate([q.prompt for q in questions], sampling)
     texts = [c.text for group in groups for c in group]
     rewards = iter(verify(reward_fn, texts, [q.answer for q in questions for _ in range(k)]))
@@ -275,13 +272,10 @@ def build_data(
     if not build.data_dir:
         raise ConfigError("llmac dapo build: --data_dir is required (where the dataset is written)")
     output = Path(build.data_dir)
-    work = output.with_name(output.name + ".partial")
     inputs = [model_path, task.train_path, task.eval_path]
-    check_output(output, COMMAND, overwrite=build.overwrite, sources=inputs)
     if build.critic_labels_dir:
         check_output(build.critic_labels_dir, COMMAND, overwrite=build.overwrite, sources=inputs)
-    check_work_folder(work, MARKER, sources=inputs)
-    claim_output(work, COMMAND)
+    work = claim_work_folder(output, COMMAND, build.overwrite, inputs)
     reward_fn = get_reward_fn(build.reward)
     rows = load_task(task, build.split)
     owns_engine = engine is None

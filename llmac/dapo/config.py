@@ -11,14 +11,15 @@ from dataclasses import dataclass
 
 from llmac.config import option
 from llmac.data.tasks import SPLITS
+from llmac.field_groups import OptimizerFields, SolutionFields, with_default
 from llmac.outputs import overwrite_field
-from llmac.schedules import LR_SCHEDULES
 from llmac.validation import check_fields, require
 
 
 @dataclass
-class DAPOBuildConfig:
-    """Which solutions the reference policy samples and which of their steps get MC values."""
+class DAPOBuildConfig(SolutionFields):
+    """Which solutions the reference policy samples (:class:`~llmac.field_groups.SolutionFields`; K of
+    the paper is ``num_solutions``) and which of their steps get MC values."""
 
     data_dir: str = option(
         "", "The built dataset: `dapo build` writes it, `dapo train` reads it (round 1; built if absent)."
@@ -29,14 +30,12 @@ class DAPOBuildConfig:
         "input of `llmac critic train`; None: do not.",
     )
     split: str = option("rl", "Task split whose questions are sampled.", choices=SPLITS)
-    num_solutions: int = option(8, "K: solutions sampled per question (32 in the paper).", range="[1, inf)")
+    num_solutions: int = with_default(SolutionFields, "num_solutions", 8)  # K; 32 in the paper
     keep_solutions: int = option(
         6,
         "Solutions kept per question, balanced between correct and wrong (6 in the paper).",
         range="[1, inf)",
     )
-    solution_temperature: float = option(1.0, "Temperature of the solutions.", range="[0, inf)")
-    solution_max_new_tokens: int = option(256, "Tokens per solution at most.", range="[1, inf)")
     questions_per_shard: int = option(
         32, "Questions per engine call and per resumable shard.", range="[1, inf)"
     )
@@ -58,7 +57,7 @@ class DAPOBuildConfig:
 
 
 @dataclass
-class DAPOTrainConfig:
+class DAPOTrainConfig(OptimizerFields):
     """How ``llmac dapo train`` fits the actor to the advantages (offline: no sampling while training)."""
 
     output_dir: str = option("runs/dapo", "Run folder: metrics.jsonl, checkpoints/, train_data/, actor/.")
@@ -83,13 +82,7 @@ class DAPOTrainConfig:
         8, "States per optimizer step on each process, each with all its candidates.", range="[1, inf)"
     )
     micro_batch_size: int = option(32, "Candidates per forward pass.", range="[1, inf)")
-    learning_rate: float = option(5e-7, "AdamW learning rate (5e-7 in the paper).", range="(0, inf)")
-    weight_decay: float = option(0.0, "AdamW weight decay.", range="[0, inf)")
-    warmup_steps: int = option(0, "Optimizer steps of linear warm-up.", range="[0, inf)")
-    lr_scheduler_type: str = option(
-        "constant", "After warm-up: constant, linear or cosine.", choices=LR_SCHEDULES
-    )
-    max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0: off).", range="[0, inf)")
+    learning_rate: float = with_default(OptimizerFields, "learning_rate", 5e-7)  # the paper's value
     rounds: int = option(
         1, "Iterations of the method: round r > 1 sets pi_ref <- pi and rebuilds the data.", range="[1, inf)"
     )

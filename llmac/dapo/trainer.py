@@ -52,11 +52,13 @@ from llmac.engines import EngineConfig, RolloutEngine, build_engine
 from llmac.files import write_text_atomically
 from llmac.metrics_log import MetricsLog
 from llmac.models import load_actor, load_tokenizer, plain_weight_units
-from llmac.outputs import finish_output, prepare_output, save_final_folder
+from llmac.outputs import finish_output, prepare_output
 from llmac.rewards.registry import get_reward_fn
 from llmac.rl.batch import Sample, TokenBatch, build_token_batch
 from llmac.rl.forward import ForwardPasses, PolicyAndValue
 from llmac.rl.sampler import Prompts, SamplerSettings, held_out_accuracy
+from llmac.rl.saving import save_trained_model
+from llmac.rl.updates import apply_gradients
 from llmac.schedules import lr_multiplier
 from llmac.steps import join_steps
 
@@ -255,13 +257,9 @@ class DAPOTrainer:
         outputs = ForwardPasses(config.micro_batch_size).outputs(self.model, batch, with_value=False)
         logprobs = step_logprobs(outputs.logprobs, batch.completion_mask)
         losses = dapo_loss(logprobs, ref, advantages, config.beta)
-        accelerator.backward(losses.mean())
-        learning_rate = self.scheduler.get_last_lr()[0]
-        if config.max_grad_norm > 0 and accelerator.state.deepspeed_plugin is None:
-            accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad()
+        learning_rate = apply_gradients(
+            losses.mean(), accelerator, self.model, self.optimizer, self.scheduler, config.max_grad_norm
+        )
         log_ratio = (logprobs - ref).detach()
         positive, negative = advantages > 0, advantages < 0
         metrics = {
@@ -287,17 +285,9 @@ class DAPOTrainer:
     def save(self) -> None:
         """The actor (LoRA merged) for plain ``from_pretrained``, swapped in whole; every process calls it."""
         weights = full_state_dict(self.policy(), self.accelerator)
-        policy = self.policy()
-        policy = policy.get_base_model() if hasattr(policy, "disable_adapter") else policy
-        main, wait = self.accelerator.is_main_process, self.accelerator.wait_for_everyone
-
-        def save(folder: Path) -> None:
-            if main:
-                policy.save_pretrained(folder, state_dict=weights, safe_serialization=True)
-                self.tokenizer.save_pretrained(folder)
-
-        save_final_folder(Path(self.config.output_dir) / "actor", "dapo train", save, main, wait)
-        wait()
+        actor = Path(self.config.output_dir) / "actor"
+        save_trained_model(self.policy(), weights, self.tokenizer, actor, "dapo train", self.accelerator)
+        self.accelerator.wait_for_everyone()
 
 
 class HeldOutEvaluation:

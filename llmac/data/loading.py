@@ -36,9 +36,28 @@ class DataError(LlmacError, ValueError):
     """Bad input data. The message names the file or dataset, the row and the field."""
 
 
+@dataclass(kw_only=True)
+class RecordFields:
+    """Which fields of a data file's records hold the question, the gold answer and a solution."""
+
+    question_field: str = option("question", "Field of the data holding the question text.")
+    answer_field: str = option("answer", "Field of the data holding the gold answer.")
+    solution_field: str | None = option(
+        None,
+        "Field of the data holding a step-by-step reference solution. None: no solution column, "
+        "except for answer_format 'gsm8k', whose solution is the answer text before '####'.",
+    )
+    answer_format: str = option(
+        "plain",
+        "'plain': the answer field is the gold answer. 'gsm8k': the gold answer is the text after "
+        "'#### ' in the answer field (commas removed).",
+        choices=ANSWER_FORMATS,
+    )
+
+
 @dataclass
-class PromptDataConfig:
-    """Where prompts come from and which fields hold the question, the gold answer and a solution."""
+class PromptDataConfig(RecordFields):
+    """Where prompts come from (and which fields hold the question, the gold answer and a solution)."""
 
     path: str = option(
         help="A .jsonl, .json or .parquet file; a directory written by `Dataset.save_to_disk` (or a "
@@ -49,19 +68,6 @@ class PromptDataConfig:
         "Split to read from a saved DatasetDict, a data folder or a named dataset (ignored for files).",
     )
     name: str | None = option(None, "Configuration name of a named dataset (e.g. 'main' for openai/gsm8k).")
-    question_field: str = option("question", "Field holding the question text.")
-    answer_field: str = option("answer", "Field holding the gold answer.")
-    solution_field: str | None = option(
-        None,
-        "Field holding a step-by-step reference solution. None: no solution column, except for "
-        "answer_format 'gsm8k', whose solution is the answer text before '####'.",
-    )
-    answer_format: str = option(
-        "plain",
-        "'plain': the answer field is the gold answer. 'gsm8k': the gold answer is the text after "
-        "'#### ' in the answer field (commas removed).",
-        choices=ANSWER_FORMATS,
-    )
     max_samples: int | None = option(
         None, "Keep at most this many rows (after shuffling); None keeps all.", range="[0, inf)"
     )

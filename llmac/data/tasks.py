@@ -8,28 +8,29 @@ Each task is a loader in :data:`TASKS` (add one with :func:`register_task`) givi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from datasets import Dataset
 
 from llmac.config import option
 from llmac.data.arithmetic import ArithmeticTaskConfig, arithmetic_dataset, mixed_supervision_dataset
-from llmac.data.loading import ANSWER_FORMATS
+from llmac.data.loading import RecordFields
 from llmac.errors import ConfigError
 from llmac.validation import require
 
 
 @dataclass
-class TaskConfig(ArithmeticTaskConfig):
-    """Which task to train and evaluate on, and how many problems of each split."""
+class TaskConfig(ArithmeticTaskConfig, RecordFields):
+    """Which task to train and evaluate on, and how many problems of each split (task=file: the fields
+    of its records, :class:`~llmac.data.loading.RecordFields`)."""
 
     task: str = option(
         "arithmetic",
         "'arithmetic' (reasoning-gym chain_sum, built offline, worked solutions for every "
         "problem), 'arithmetic_mixed' (the same problems, only some SFT solutions worked, see "
         "answer_only_share; RL and held-out problems are fresh), 'gsm8k' (openai/gsm8k from the "
-        "Hub, or local jsonl files: gsm8k_dir) or 'file' (train_path/eval_path with the field "
-        "mapping below).",
+        "Hub, or local jsonl files: gsm8k_dir) or 'file' (train_path/eval_path, their fields named by "
+        "question_field, answer_field, solution_field and answer_format).",
     )
     num_train: int = option(
         20000,
@@ -42,10 +43,6 @@ class TaskConfig(ArithmeticTaskConfig):
     task_seed: int = option(0, "Seed of the generated task (eval draws from another seed).", range="[0, inf)")
     train_path: str | None = option(None, "task=file: training data (jsonl/parquet/dir).")
     eval_path: str | None = option(None, "task=file: held-out data.")
-    question_field: str = option("question", "task=file: column holding the question.")
-    answer_field: str = option("answer", "task=file: column holding the gold answer.")
-    solution_field: str | None = option(None, "task=file: column holding a step-by-step reference solution.")
-    answer_format: str = option("plain", "task=file: 'plain' or 'gsm8k' ('#### N').", choices=ANSWER_FORMATS)
     dataset_name: str = option(
         "openai/gsm8k",
         "task=gsm8k: the dataset datasets.load_dataset reads (TRL's dataset_name), in GSM8K's layout: "
@@ -136,13 +133,8 @@ def _file(config: TaskConfig, split: str) -> Dataset:
     path = config.train_path if train else config.eval_path
     if not path:
         raise ValueError(f"task=file needs --{'train' if train else 'eval'}_path")
-    data_config = PromptDataConfig(
-        path=path,
-        question_field=config.question_field,
-        answer_field=config.answer_field,
-        solution_field=config.solution_field,
-        answer_format=config.answer_format,
-    )
+    mapping = {f.name: getattr(config, f.name) for f in fields(RecordFields)}
+    data_config = PromptDataConfig(path=path, **mapping)
     return _cap(load_prompts(data_config), config.num_train if train else config.num_eval)
 
 

@@ -68,7 +68,8 @@ def _value(tree: Tree, node: Node) -> float:
     return min(1.0, max(0.0, to_probability(node.q, tree.scale)))
 
 
-def _writable(steps: Sequence[str], delimiter: str) -> bool:
+def writable_steps(steps: Sequence[str], delimiter: str) -> bool:
+    """Whether every step is non-empty and free of the delimiter, so it can be written as a clean step."""
     return all(step and delimiter not in step for step in steps)
 
 
@@ -79,11 +80,13 @@ def _visited(node: Node, min_visits: int) -> list[Node]:
 def _rows(records: list[dict], features: Features, skipped: int, what: str) -> Dataset:
     if skipped:
         logger.warning("left out %d %s with a step not writable as a clean step", skipped, what)
-    return Dataset.from_list(records, features=features) if records else features_only(features)
+    return records_dataset(records, features)
 
 
-def features_only(features: Features) -> Dataset:
-    """An empty dataset with ``features``' columns."""
+def records_dataset(records: list[dict], features: Features) -> Dataset:
+    """The records as a dataset with ``features``; with none, an empty one with those columns."""
+    if records:
+        return Dataset.from_list(records, features=features)
     return Dataset.from_dict({name: [] for name in features}, features=features)
 
 
@@ -98,7 +101,7 @@ def value_label_rows(
                 continue
             path = node.path()
             steps = node.steps()
-            if not _writable(steps, delimiter):
+            if not writable_steps(steps, delimiter):
                 skipped += 1
                 continue
             records.append(
@@ -134,7 +137,9 @@ def _pairs_dataset(trees: Sequence[Tree], pick, delimiter: str) -> Dataset:
     for index, tree in enumerate(trees):
         for parent in tree.root.walk():
             for chosen, rejected in pick(tree, parent):
-                if not _writable([*parent.steps(), chosen.text.strip(), rejected.text.strip()], delimiter):
+                if not writable_steps(
+                    [*parent.steps(), chosen.text.strip(), rejected.text.strip()], delimiter
+                ):
                     skipped += 1
                     continue
                 records.append(_pair(tree, index, parent, chosen, rejected))

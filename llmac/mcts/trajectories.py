@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 from datasets import Dataset, Features, List, Value
 
-from llmac.mcts.exports import features_only
+from llmac.mcts.exports import records_dataset, writable_steps
 from llmac.mcts.tree import Node, Tree
 from llmac.steps import DEFAULT_DELIMITER, join_steps
 
@@ -85,10 +85,6 @@ def _terminals(tree: Tree, correct: bool) -> list[Node]:
     return [n for n in tree.nodes() if n.terminal and n.correct is correct]
 
 
-def _writable(steps: Sequence[str], delimiter: str) -> bool:
-    return all(step and delimiter not in step for step in steps)
-
-
 def _first_wrong(tree: Tree, wrong: Node, shared: int, judge: Judge) -> int:
     path = wrong.path()
     index = judge(tree, path, shared)
@@ -122,7 +118,7 @@ def revision_rows(
             shared = shared_depth(good, bad)
             first = _first_wrong(tree, bad, shared, judge)
             prefix, continuation = bad.steps()[: first + 1], good.steps()[shared:]
-            if not continuation or not _writable(prefix + continuation, delimiter):
+            if not continuation or not writable_steps(prefix + continuation, delimiter):
                 continue
             records.append(
                 {
@@ -137,11 +133,7 @@ def revision_rows(
                     "tree_index": index,
                 }
             )
-    return (
-        Dataset.from_list(records, features=REVISION_FEATURES)
-        if records
-        else features_only(REVISION_FEATURES)
-    )
+    return records_dataset(records, REVISION_FEATURES)
 
 
 def critique_pair_rows(
@@ -156,7 +148,7 @@ def critique_pair_rows(
             shared = shared_depth(good, bad)
             first = _first_wrong(tree, bad, shared, judge)
             wrong_steps, correct_steps = bad.steps(), good.steps()
-            if not _writable(wrong_steps + correct_steps, delimiter):
+            if not writable_steps(wrong_steps + correct_steps, delimiter):
                 continue
             records.append(
                 {
@@ -170,8 +162,4 @@ def critique_pair_rows(
                     "tree_index": index,
                 }
             )
-    return (
-        Dataset.from_list(records, features=CRITIQUE_PAIR_FEATURES)
-        if records
-        else features_only(CRITIQUE_PAIR_FEATURES)
-    )
+    return records_dataset(records, CRITIQUE_PAIR_FEATURES)

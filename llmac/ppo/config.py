@@ -6,16 +6,16 @@ import math
 from dataclasses import dataclass
 
 from llmac.config import option
+from llmac.field_groups import OptimizerFields, SamplingFields, with_default
 from llmac.outputs import overwrite_field
 from llmac.rl.estimators import ESTIMATORS, get_estimator
-from llmac.schedules import LR_SCHEDULES
 from llmac.validation import check_fields, require
 
 ADVANTAGE_ESTIMATORS = tuple(ESTIMATORS)
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(OptimizerFields, SamplingFields):
     """How llmac's PPO samples, scores, and updates the actor (and its value model)."""
 
     # -- run ---------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ class PPOConfig:
     hub_private_repo: bool = option(False, "Create the Hub repository private.")
     overwrite: bool = overwrite_field()
 
-    # -- rollouts ----------------------------------------------------------------------------------
+    # -- rollouts (top_p: SamplingFields) -----------------------------------------------------------
     prompts_per_iteration: int = option(
         32, "Prompts sampled per iteration (over all processes).", range="[1, inf)"
     )
@@ -60,8 +60,7 @@ class PPOConfig:
         "Sampling temperature of the rollouts (> 0: the PPO ratio's log-probs divide the logits by it).",
         range="(0, inf)",
     )
-    top_p: float = option(1.0, "Nucleus sampling mass of the rollouts.", range="(0, 1]")
-    max_new_tokens: int = option(96, "Tokens per completion at most.", range="[1, inf)")
+    max_new_tokens: int = with_default(SamplingFields, "max_new_tokens", 96)
     async_rollouts: bool = option(
         False,
         "Sample the next iteration's rollouts while this one scores and updates (one-step "
@@ -139,7 +138,7 @@ class PPOConfig:
         0, "First iterations that train only the value model.", range="[0, inf)"
     )
 
-    # -- optimisation ------------------------------------------------------------------------------
+    # -- optimisation (learning_rate, weight_decay, lr_scheduler_type, max_grad_norm: OptimizerFields) --
     ppo_epochs: int = option(1, "Passes over each iteration's rollouts.", range="[1, inf)")
     mini_batch_size: int = option(32, "Completions per optimizer step on each process.", range="[1, inf)")
     micro_batch_size: int = option(
@@ -149,29 +148,14 @@ class PPOConfig:
         "optimizer step. Lower it to save activation memory.",
         range="[1, inf)",
     )
-    learning_rate: float = option(1e-5, "Actor learning rate (AdamW).", range="(0, inf)")
     value_learning_rate: float = option(1e-4, "Value model learning rate.", range="(0, inf)")
-    warmup_steps: int = option(
-        10,
-        "Optimizer steps over which both learning rates rise linearly from 0 (Adam's first "
-        "steps move every weight by about the full learning rate, whatever its gradient).",
-        range="[0, inf)",
-    )
-    lr_scheduler_type: str = option(
-        "constant",
-        "Learning rates after the warm-up: constant, or linear / cosine decay to 0 at the last "
-        "iteration. Decay suits an actor whose SFT annealed its rate to 0: raised again and held, "
-        "the rate costs a small model accuracy that annealing back recovers.",
-        choices=LR_SCHEDULES,
-    )
-    weight_decay: float = option(0.0, "AdamW weight decay.", range="[0, inf)")
+    warmup_steps: int = with_default(OptimizerFields, "warmup_steps", 10)
     optimizer: str = option(
         "adamw",
         "adamw, or sgd (plain, no momentum: a step moves each weight by the learning rate times "
         "its gradient, so the gradient's scale shows; the multi-process tests use it).",
         choices=("adamw", "sgd"),
     )
-    max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0: off).", range="[0, inf)")
 
     # -- value model -------------------------------------------------------------------------------
     value_model: str | None = option(

@@ -48,7 +48,7 @@ from llmac.engines import EngineConfig, RolloutEngine, build_engine
 from llmac.errors import ConfigError
 from llmac.losses import explained_variance, kl_penalty, masked_mean
 from llmac.models import load_tokenizer
-from llmac.outputs import finish_output, prepare_output, save_final_folder
+from llmac.outputs import finish_output, prepare_output
 from llmac.ppo.config import PPOConfig
 from llmac.ppo.models import build_models
 from llmac.ppo.objective import Scores, ppo_loss
@@ -56,9 +56,11 @@ from llmac.rewards.registry import get_reward_fn
 from llmac.rl.batch import Sample, TokenBatch, build_token_batch
 from llmac.rl.estimators import get_estimator
 from llmac.rl.forward import ForwardPasses, TokenOutputs, engine_logprob_gap
-from llmac.rl.loop import RunLoop, Schedule
+from llmac.rl.loop import RunLoop, Schedule, StateInAccelerate
 from llmac.rl.sampler import Prompts, Sampler, SamplerSettings
+from llmac.rl.saving import save_trained_model
 from llmac.rl.targets import sequence_targets
+from llmac.rl.updates import apply_gradients
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def shaped_rewards(samples: Sequence[Sample], config: PPOConfig) -> list[float]:
     return rewards
 
 
-class PPOTrainer:
+class PPOTrainer(StateInAccelerate):
     """PPO's models, scoring and updates: the algorithm a :class:`~llmac.rl.loop.RunLoop` drives."""
 
     def __init__(self, model_config: ModelConfig, task_config: TaskConfig, engine_config: EngineConfig,
@@ -141,15 +143,6 @@ class PPOTrainer:
             "update_seconds": updated - scored,
             "skipped_iteration": 0,
         }
-
-    def state(self) -> dict:
-        return {}  # the models, optimizer, schedule and RNG are in accelerate's state
-
-    def load_state(self, state: dict) -> None:
-        pass
-
-    def policy(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model).policy
 
     def evaluate(self) -> dict:
         return self.sampler.evaluate()
@@ -220,13 +213,9 @@ class PPOTrainer:
                         outputs.logprobs.detach(), part.engine_logprobs, part.completion_mask
                     )
                 loss, step = ppo_loss(outputs, scores.select(chunk), part, config, policy_weight)
-                self.accelerator.backward(loss)
-                step["learning_rate"] = self.scheduler.get_last_lr()[0]  # the actor's, for this step
-                if config.max_grad_norm > 0 and self.accelerator.state.deepspeed_plugin is None:
-                    self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad()
+                step["learning_rate"] = apply_gradients(  # the actor's, for this step
+                    loss, self.accelerator, self.model, self.optimizer, self.scheduler, config.max_grad_norm
+                )
                 for key, value in step.items():
                     stats.setdefault(key, []).append(value)
         metrics = {k: float(np.mean(v)) for k, v in stats.items()}
@@ -249,29 +238,17 @@ class PPOTrainer:
 
     def save(self) -> None:
         """Save the actor (and value model) for plain ``from_pretrained``; every process must call it."""
-        out = Path(self.config.output_dir)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        weights = self.policy_weights()
-        main, wait = self.accelerator.is_main_process, self.accelerator.wait_for_everyone
-        policy = (
-            unwrapped.policy.get_base_model()
-            if hasattr(unwrapped.policy, "disable_adapter")
-            else unwrapped.policy
+        out, accelerator = Path(self.config.output_dir), self.accelerator
+        unwrapped = accelerator.unwrap_model(self.model)
+        save_trained_model(
+            unwrapped.policy, self.policy_weights(), self.tokenizer, out / "actor", "ppo", accelerator
         )
-
-        def save_model(model, state_dict):  # into a staging folder, swapped in whole (llmac.outputs)
-            def save(folder: Path) -> None:
-                if main:
-                    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
-                    self.tokenizer.save_pretrained(folder)
-
-            return save
-
-        save_final_folder(out / "actor", "ppo", save_model(policy, weights), main, wait)
         if unwrapped.value is not None:
-            value_weights = full_state_dict(unwrapped.value, self.accelerator)
-            save_final_folder(out / "critic", "ppo", save_model(unwrapped.value, value_weights), main, wait)
-        wait()
+            value_weights = full_state_dict(unwrapped.value, accelerator)
+            save_trained_model(
+                unwrapped.value, value_weights, self.tokenizer, out / "critic", "ppo", accelerator
+            )
+        accelerator.wait_for_everyone()
 
 
 # What a `llmac ppo` recipe fills, in order.

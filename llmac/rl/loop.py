@@ -47,6 +47,21 @@ class Algorithm(Protocol):
         """Save the final models into ``output_dir``; every process calls it."""
 
 
+class StateInAccelerate:
+    """:class:`Algorithm`'s state methods for one whose whole state (models, optimizer, schedule, RNG) is in
+    accelerate's checkpoint, and whose trained policy is ``self.model``'s ``policy`` (a
+    :class:`~llmac.rl.forward.PolicyAndValue` prepared by ``self.accelerator``)."""
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+    def policy(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model).policy
+
+
 @dataclass(frozen=True)
 class Schedule:
     """When the loop evaluates, checkpoints and stops (the fields of the same names in a pipeline's config)."""
