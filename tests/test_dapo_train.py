@@ -67,3 +67,44 @@ def test_training_moves_log_ratios_with_the_advantages(tiny_actor_dir, built, tm
     assert [m["iteration"] for m in metrics] == list(range(1, len(metrics) + 1))
     assert all(m["completions"] == stats["completions"] for m in metrics)
     assert read_marker(out / "actor")["complete"]
+
+
+def _metrics_without_times(out) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.endswith("_seconds")} for row in rows]
+
+
+def test_an_interrupted_run_resumes_to_the_same_actor_and_metrics(
+    tiny_actor_dir, built, tmp_path, monkeypatch
+):
+    data_dir, _ = built
+    model = ModelConfig(model_name_or_path=str(tiny_actor_dir))
+
+    def config(out):
+        return DAPOTrainConfig(output_dir=str(out), beta=0.5, advantage_threshold=0.1, learning_rate=1e-4,
+                               num_epochs=2, states_per_batch=1, checkpoint_every=2, progress=False)  # fmt: skip
+
+    whole = tmp_path / "whole"
+    DAPOTrainer(model, config(whole), str(data_dir), "\n").train()
+
+    resumed = tmp_path / "resumed"
+    real_update, calls = DAPOTrainer.update, []
+
+    def killed_at_the_fourth_step(self, states):
+        calls.append(states)
+        if len(calls) == 4:  # after the checkpoint of step 2 and one more step that is lost
+            raise KeyboardInterrupt
+        return real_update(self, states)
+
+    monkeypatch.setattr(DAPOTrainer, "update", killed_at_the_fourth_step)
+    with pytest.raises(KeyboardInterrupt):
+        DAPOTrainer(model, config(resumed), str(data_dir), "\n").train()
+    monkeypatch.setattr(DAPOTrainer, "update", real_update)
+    trainer = DAPOTrainer(model, config(resumed), str(data_dir), "\n")
+    assert trainer.start == 2 and trainer.total_steps > 4
+    trainer.train()
+
+    assert _metrics_without_times(resumed) == _metrics_without_times(whole)  # exact: same floats
+    a, b = load_actor(whole / "actor").state_dict(), load_actor(resumed / "actor").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], v) for k, v in load_actor(tiny_actor_dir).state_dict().items())
