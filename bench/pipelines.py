@@ -303,12 +303,22 @@ def checked_model(path: str, what: str) -> Path:
 
 
 def mean_curve(runs: list[dict], figure: str) -> list[tuple[int, float]]:
-    """``(completions, mean of figure over the runs evaluated there)``, in order of completions."""
+    """``(completions, mean of figure over the runs evaluated there)``, in order of completions.
+
+    Runs evaluated equally often whose counts differ (DAPO's builds overshoot their share by up to a
+    chunk, by seed) are averaged evaluation by evaluation, at their mean (rounded) completion count.
+    """
+    curves = [[(int(p["completions"]), p[figure]) for p in run["curve"] if figure in p] for run in runs]
+    curves = [curve for curve in curves if curve]
+    if len(curves) > 1 and len({len(curve) for curve in curves}) == 1:
+        return [
+            (round(float(np.mean([c for c, _ in same]))), float(np.mean([a for _, a in same])))
+            for same in zip(*curves, strict=True)
+        ]
     points: dict[int, list[float]] = {}
-    for run in runs:
-        for point in run["curve"]:
-            if figure in point:
-                points.setdefault(int(point["completions"]), []).append(point[figure])
+    for curve in curves:
+        for completions, value in curve:
+            points.setdefault(completions, []).append(value)
     return [(c, float(np.mean(v))) for c, v in sorted(points.items())]
 
 

@@ -123,6 +123,14 @@ def test_leaderboard_means_and_targets_by_hand():
     assert [c for c, _ in curve] == [0, 512, 1024]
     assert [a for _, a in curve] == pytest.approx([0.35, 0.55, 0.9])
     assert bench.mean_curve(runs, "eval_sampled_accuracy") == []
+    # DAPO's seeds stop at slightly different counts: averaged evaluation by evaluation, at the mean count
+    dapo = [{"curve": [{"completions": 0, "eval_accuracy": 0.2}, {"completions": 7920, "eval_accuracy": 0.5},
+                       {"completions": 15700, "eval_accuracy": 0.52}]},
+            {"curve": [{"completions": 0, "eval_accuracy": 0.2}, {"completions": 7968, "eval_accuracy": 0.6},
+                       {"completions": 16228, "eval_accuracy": 0.56}]}]  # fmt: skip
+    curve = bench.mean_curve(dapo, "eval_accuracy")
+    assert [c for c, _ in curve] == [0, 7944, 15964]
+    assert [a for _, a in curve] == pytest.approx([0.2, 0.55, 0.54])
     curves = {"base": [(0, 0.30)], "ppo": [(0, 0.30), (512, 0.45), (1024, 0.52)],
               "grpo": [(0, 0.30), (512, 0.40), (1024, 0.45)], "trl_grpo": [(0, 0.30), (512, 0.46), (1024, 0.50)]}  # fmt: skip
     targets = bench.verdicts(curves)
