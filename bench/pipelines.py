@@ -13,6 +13,12 @@ settings of ``--recipe`` (default ``recipes/ppo/tiny_mixed.yaml``):
   and training (``bench/helpers/dapo_arm.py``);
 - ``trl_grpo``: TRL's ``GRPOTrainer`` with its default loss and llmac's reward, prompts, generation
   batch, optimizer steps and learning-rate schedule (``bench/helpers/trl_grpo.py``);
+- ``mcts_ei``: MCTS expert iteration, two rounds of search over fresh RL problems (verifier at the
+  leaves, every sampled step and rollout charged as a completion) and SFT on the verified solutions
+  (``bench/helpers/mcts_arm.py``);
+- ``critique_refine``, ``critique_self_train`` (with ``--critique_model``, an ``llmac critique sft`` or
+  ``train`` output): one critique -> refine round on the held-out answers, charged the critiques and
+  refinements; critique-in-the-loop self-training within the budget (``bench/helpers/critique_arm.py``);
 - ``base``: the SFT'd actor itself, the reference every arm starts from.
 
 Later pipelines (MCTS expert iteration, Critique-RL refine) add their arm with ``register_arm``. Every arm is evaluated the same way
@@ -55,7 +61,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 import numpy as np  # noqa: E402
 from helpers.cache import cached_model, finish_artifact, keyed_folder, start_artifact  # noqa: E402
-from helpers.results import BenchRecord, add_results_arg, summary_line  # noqa: E402
+from helpers.results import BenchRecord, add_results_arg, start_output, summary_line  # noqa: E402
 
 from llmac.files import write_text_atomically  # noqa: E402
 from llmac.fingerprints import inputs_key, is_complete_model, model_fingerprint, stage_done  # noqa: E402
@@ -68,7 +74,8 @@ QUICK_ACTOR = {"train_steps": 150, "batch_size": 32, "learning_rate": 3e-3, "pro
 # Fields the bench sets per arm; a recipe override may not change them.
 BENCH_FIELDS = ("config", "model_name_or_path", "output_dir", "seed", "num_iterations", "eval_every",
                 "checkpoint_every", "progress", "advantage_estimator", "value_model", "overwrite")  # fmt: skip
-BENCH_CODE = (Path(__file__), REPO / "bench/helpers/trl_grpo.py", REPO / "bench/helpers/dapo_arm.py")
+BENCH_CODE = (Path(__file__), REPO / "bench/helpers/trl_grpo.py", REPO / "bench/helpers/dapo_arm.py",
+              REPO / "bench/helpers/critique_arm.py", REPO / "bench/helpers/mcts_arm.py")  # fmt: skip
 FIGURES = (
     "eval_accuracy",
     "eval_sampled_accuracy",
@@ -131,6 +138,31 @@ def dapo_arm(configs: Configs, engine, critic: str | None) -> dict:
     return run_dapo_arm(configs, engine, critic=None)  # DAPO's values: its own MC estimates
 
 
+@register_arm("mcts_ei")
+def mcts_ei_arm(configs: Configs, engine, critic: str | None) -> dict:
+    from helpers.mcts_arm import run_mcts_arm
+
+    return run_mcts_arm(configs, engine, critic=None)  # leaf values: verified rollouts
+
+
+@register_arm("critique_refine")
+def critique_refine_arm(configs: Configs, engine, critic: str | None) -> dict:
+    from helpers.critique_arm import run_critique_refine_arm
+
+    return run_critique_refine_arm(configs, engine, critic)  # critic: --critique_model
+
+
+@register_arm("critique_self_train")
+def critique_self_train_arm(configs: Configs, engine, critic: str | None) -> dict:
+    from helpers.critique_arm import run_critique_self_train_arm
+
+    return run_critique_self_train_arm(configs, engine, critic)  # critic: --critique_model
+
+
+# Arms that need a critique model (--critique_model); they run by default only when it is given.
+CRITIQUE_ARMS = ("critique_refine", "critique_self_train")
+
+
 @register_arm("trl_grpo")
 def trl_grpo_arm(configs: Configs, engine, critic: str | None) -> dict:
     from helpers.trl_grpo import run_trl_grpo
@@ -156,7 +188,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--critic", default=None, help="Step critic of the ppo arm (default: value head at zero)."
     )
-    parser.add_argument("--arms", default=None, help="Comma-separated arms (default: all registered).")
+    parser.add_argument("--critique_model", default=None,
+                        help=f"Critique model of the {' and '.join(CRITIQUE_ARMS)} arms (llmac critique sft/train).")  # fmt: skip
+    parser.add_argument("--arms", default=None,
+                        help="Comma-separated arms (default: all registered; the critique ones with --critique_model).")  # fmt: skip
     parser.add_argument("--actor", default=None,
                         help="The SFT'd actor (default: SFT'd once by --sft-recipe into <out>; quick: warm-started).")  # fmt: skip
     parser.add_argument("--sft-recipe", default=str(REPO / "recipes/sft/tiny_mixed.yaml"),
@@ -170,9 +205,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} is set by the bench for each arm; it cannot be overridden")
     args.overrides = overrides
     args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",") if s.strip()]
-    args.arms = [a.strip() for a in (args.arms or ",".join(ARMS)).split(",") if a.strip()]
+    default_arms = [a for a in ARMS if args.critique_model or a not in CRITIQUE_ARMS]
+    args.arms = [a.strip() for a in (args.arms or ",".join(default_arms)).split(",") if a.strip()]
     if unknown := sorted(set(args.arms) - set(ARMS)):
         parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+    if (needing := [a for a in args.arms if a in CRITIQUE_ARMS]) and not args.critique_model:
+        parser.error(
+            f"arms {needing} need a critique model: give --critique_model PATH (`llmac critique sft` output)"
+        )
     return args
 
 
@@ -379,11 +419,7 @@ def print_curves(curves: dict[str, list[tuple[int, float]]], title: str) -> None
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    start_output(args.threads)
     record = BenchRecord("pipelines", args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -399,6 +435,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         actor = quick_actor(out) if args.quick else sft_actor(out, Path(args.sft_recipe).resolve())
     critic = str(checked_model(args.critic, "--critic")) if args.critic else None
+    critique_model = (
+        str(checked_model(args.critique_model, "--critique_model")) if args.critique_model else None
+    )
     budget = iterations * ppo.prompts_per_iteration * ppo.samples_per_prompt
     print(f"actor {actor}; ppo critic: {critic or 'none (value head from zero)'}")
     print(f"recipe {recipe} (task {task.task}, {task.num_eval} held-out problems, lr {ppo.learning_rate:g} "
@@ -417,9 +456,9 @@ def main(argv: list[str] | None = None) -> None:
             base_configs = load_recipe(arm_argv({**shared, "seed": seed, "dir": str(out / "base")}))
             results["base"].append(base_result(engine.reset(), base_configs))
             for arm in args.arms:
-                with_critic = arm == "ppo" and critic
-                spec = {"arm": arm, "seed": seed, **shared, "critic": critic if with_critic else None,
-                        "critic_fingerprint": model_fingerprint(Path(critic)) if with_critic else None,
+                arm_critic = critique_model if arm in CRITIQUE_ARMS else critic if arm == "ppo" else None
+                spec = {"arm": arm, "seed": seed, **shared, "critic": arm_critic,
+                        "critic_fingerprint": model_fingerprint(Path(arm_critic)) if arm_critic else None,
                         "dir": str(out / f"seed{seed}" / arm)}  # fmt: skip
                 result = run_arm(spec, engine, spec["critic"])
                 start, base = (

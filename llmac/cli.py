@@ -29,11 +29,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "critic": ("llmac.critic.cli", "main", "step critic: label | train | eval | score | inspect"),
     "ppo": ("llmac.ppo.trainer", "main", "PPO with a step-level critic (vLLM rollouts, DeepSpeed)"),
     "dapo": ("llmac.dapo.cli", "main", "Direct Advantage Policy Optimization (Skywork): build | train"),
-    "critique": ("llmac.critique.cli", "main", "critiques: sft | train (Critique-RL) | refine | eval"),
+    "critique": ("llmac.critique.cli", "main", "critique models: sft|train|refine|eval|self-train|inspect"),
+    "mcts": ("llmac.mcts.cli", "main", "tree search over steps: build | solve | view | iterate"),
     "export": ("llmac.hub", "main", "make a model or dataset Hub-ready (safetensors, card), optionally push"),
     "import-gguf": ("llmac.gguf_import", "main", "a GGUF checkpoint as a checked from_pretrained folder"),
     "plot": ("llmac.plot", "main", "PNG training curves of a run folder (metrics.jsonl)"),
-    "demo": ("llmac.demo", "main", "the CPU demo: SFT -> eval -> MC step labels -> step critic -> PPO"),
+    "serve": ("llmac.engines.server", "main", "a vLLM rollout server for `engine: remote` trainers (HTTP)"),
+    "demo": ("llmac.demo", "main", "the CPU demo: SFT, eval, step critic, PPO, then DAPO, critique, MCTS"),
 }
 
 GLOBAL_FLAGS = {
@@ -168,7 +170,7 @@ def command_name(argv: Sequence[str]) -> str:
     """``llmac critic train`` for ``["critic", "train", ...]``: the words before the first flag."""
     words = []
     for arg in argv[:2]:
-        if arg.startswith("-") or (words and words[0] not in ("critic", "dapo", "critique")):
+        if arg.startswith("-") or (words and words[0] not in ("critic", "dapo", "critique", "mcts")):
             break
         words.append(arg)
     return " ".join(["llmac", *words])

@@ -19,18 +19,15 @@ inputs, or left half-written, is replaced; a folder llmac did not write is moved
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 from trl import SFTConfig
 
 from llmac.config import ModelConfig, option, parse_config
@@ -39,29 +36,26 @@ from llmac.critic.labelling import MCLabelConfig, label_steps
 from llmac.critic.model import critic_delimiter, load_critic, load_critic_tokenizer
 from llmac.critic.training import CriticConfig, CriticDataConfig, run_critic_training
 from llmac.data.tasks import TaskConfig, load_task
+from llmac.demo_pipelines import DEMO_PIPELINES, DemoRun, pipeline_recipes, run_demo_pipelines
+from llmac.demo_stages import config_inputs, dataset_stage, model_stage, rows_key
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
+from llmac.errors import ConfigError
 from llmac.evaluation import evaluate, metrics_from_rollouts
 from llmac.files import write_text_atomically
 from llmac.fingerprints import (
-    STAGE_STAMP,
     inputs_key,
     model_fingerprint,
-    path_fingerprint,
-    read_stage_stamp,
     reward_fingerprint,
-    stage_done,
-    write_stage_stamp,
 )
 from llmac.hub import export_model
 from llmac.metrics_log import MetricsLog
-from llmac.outputs import read_marker
 from llmac.parity import critic_export_gap, greedy_parity
 from llmac.plot import plot_run
 from llmac.ppo.config import PPOConfig
 from llmac.ppo.trainer import CONFIG_CLASSES as PPO_CONFIG_CLASSES
 from llmac.ppo.trainer import run_ppo
 from llmac.rewards import answer_keys, default_verifier, math_rewards
-from llmac.rollouts import sample_rollouts, save_dataset_atomically
+from llmac.rollouts import sample_rollouts
 from llmac.sft import run_sft
 from llmac.validation import check_fields
 
@@ -104,123 +98,43 @@ class DemoConfig:
         "Held-out prompts greedy-decoded by HF and by the engine from the exported actor.",
         range="[1, inf)",
     )
+    pipelines: list[str] = option(
+        help="Pipeline stages run after PPO from the same SFT'd actor, each with its recipe below "
+        f"({', '.join(DEMO_PIPELINES)}; 'none' for none).",
+        factory=lambda: list(DEMO_PIPELINES),
+    )
+    dapo_recipe: str = option(
+        "recipes/dapo/tiny_mixed_train.yaml",
+        "DAPO (Direct Advantage Policy Optimization) recipe: build and training settings.",
+    )
+    critique_sft_recipe: str = option(
+        "recipes/critique/tiny_sft.yaml", "Critique SFT recipe (oracle critiques of the actor's solutions)."
+    )
+    critique_rl_recipe: str = option("recipes/critique/tiny_stage1.yaml", "Critique-RL stage I recipe.")
+    mcts_recipe: str = option(
+        "recipes/mcts/tiny_expert_iteration.yaml", "MCTS expert-iteration recipe (search and SFT settings)."
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
-
-
-# -- stages: run once per key, skipped when done -------------------------------------------------
-_OUTPUT_FIELDS = ("output_dir", "logging_dir", "run_name")  # where a stage writes, not what it computes
-_INPUT_FIELDS = (  # fields naming a model, dataset or file a stage reads
-    "model_name_or_path", "train_path", "eval_path", "gsm8k_dir", "init_from", "train_data", "eval_data",
-    "value_model", "process_reward_model", "chat_template_path", "deepspeed",
-)  # fmt: skip
-
-
-def _config_inputs(config) -> dict:
-    """A config's fields for a stage key: output paths dropped, local inputs keyed by their content."""
-    values = config.to_dict() if hasattr(config, "to_dict") else asdict(config)
-    return {
-        name: {"content": path_fingerprint(value)} if _is_local_input(name, value) else value
-        for name, value in values.items()
-        if name not in _OUTPUT_FIELDS
-    }
-
-
-def _is_local_input(name: str, value) -> bool:
-    return name in _INPUT_FIELDS and isinstance(value, str) and bool(value) and Path(value).exists()
-
-
-def _rows_key(rows: Dataset) -> str:
-    """The content of in-memory rows, for a key (the demo's task splits are small)."""
-    return hashlib.sha256(json.dumps(rows.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _open_stage(path: Path, key: str, parts: Sequence[str] = (".",)) -> bool:
-    """True if ``path`` holds this stage's finished output; otherwise clears the way to make it.
-
-    Only an unfinished output of a run with this very key (its key in the ``running`` stamp beside
-    it) is kept, for the stage's trainer to resume. Anything else at ``path`` goes: llmac's own
-    output (its stage stamp or output marker: made from other inputs or code, or damaged) is
-    deleted; a folder llmac did not write is renamed aside, never deleted.
-    """
-    if stage_done(path, key, parts=parts):
-        logger.info("%s is done (same inputs and code): skipping it", path)
-        return True
-    if not path.exists() or _running_key(path) == key or (path.is_dir() and not any(path.iterdir())):
-        return False
-    if read_stage_stamp(path) is not None or read_marker(path) is not None:
-        # Renamed first, so a kill during the deletion leaves no half folder at ``path``.
-        doomed = path.with_name(f".{path.name}.stale-{uuid.uuid4().hex[:12]}")
-        path.rename(doomed)
-        shutil.rmtree(doomed)
-        logger.warning("%s was made from other inputs or code, or is incomplete: redoing it", path)
-    else:
-        aside = _free_sibling(path, "stale")
-        path.rename(aside)
-        logger.warning("%s was not written by llmac: moved it to %s, and making it anew", path, aside)
-    return False
-
-
-def _running_stamp(path: Path) -> Path:
-    # Beside the output, not in it: the trainer claims its output folder only if it is empty or its own.
-    return path.with_name(f".{path.name}{STAGE_STAMP}")
-
-
-def _running_key(path: Path) -> str | None:
-    try:
-        return json.loads(_running_stamp(path).read_text())["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _free_sibling(path: Path, tag: str) -> Path:
-    number = 1
-    while (candidate := path.with_name(f"{path.name}.{tag}-{number}")).exists():
-        number += 1
-    return candidate
-
-
-def _model_stage(path: Path, key: str, train: Callable[[], object], parts: Sequence[str] = (".",)) -> None:
-    """Run ``train`` (which writes ``path``) unless ``path`` already holds its finished output."""
-    if _open_stage(path, key, parts):
-        return
-    write_text_atomically(_running_stamp(path), json.dumps({"key": key, "state": "running"}))
-    train()
-    write_stage_stamp(path, key)
-    _running_stamp(path).unlink()
-    if not stage_done(path, key, parts=parts):
-        raise RuntimeError(f"{path}: the stage finished without a complete model in {list(parts)}")
-
-
-def _stage_dataset(path: Path, key: str, build: Callable[[Path], Dataset]) -> Dataset:
-    """The dataset a stage saved at ``path`` with this ``key``, or ``build(shard_dir)``'s result saved there now.
-
-    ``build`` keeps finished batches in a shard folder named after the key, so a killed stage
-    resumes where it stopped and a stage with other inputs never meets its shards.
-    """
-    if _open_stage(path, key):
-        return load_from_disk(str(path))
-    shards = path.with_name(f"{path.name}.shards-{key[:12]}")
-    dataset = build(shards)
-    save_dataset_atomically(dataset, path)
-    write_stage_stamp(path, key)
-    shutil.rmtree(shards, ignore_errors=True)  # llmac's own shards of this very key
-    return dataset
+        if self.pipelines == ["none"]:
+            self.pipelines = []
+        if unknown := sorted(set(self.pipelines) - set(DEMO_PIPELINES)):
+            raise ConfigError(f"pipelines: unknown {unknown}; choose from {', '.join(DEMO_PIPELINES)}")
 
 
 def _sample(engine, rows, sampling: SamplingConfig, path: Path, inputs: dict) -> Dataset:
     """Verified rollouts of ``rows``, saved at ``path``."""
-    key = inputs_key(stage="rollouts", rows=_rows_key(rows), sampling=asdict(sampling), **inputs)
-    return _stage_dataset(
+    key = inputs_key(stage="rollouts", rows=rows_key(rows), sampling=asdict(sampling), **inputs)
+    return dataset_stage(
         path, key, lambda shards: sample_rollouts(engine, rows, sampling, math_rewards, shard_dir=shards)
     )
 
 
 def _label(engine, solutions: Dataset, mc: MCLabelConfig, path: Path, inputs: dict) -> Dataset:
     """MC step labels of ``solutions``, saved at ``path``."""
-    key = inputs_key(stage="mc_labels", solutions=_rows_key(solutions), mc=asdict(mc), **inputs)
-    return _stage_dataset(
+    key = inputs_key(stage="mc_labels", solutions=rows_key(solutions), mc=asdict(mc), **inputs)
+    return dataset_stage(
         path, key, lambda shards: label_steps(engine, solutions, mc, math_rewards, shard_dir=shards)
     )
 
@@ -310,10 +224,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # 1-2. SFT
     sft_dir = run_dir / "sft"
     sft_args.output_dir = str(sft_dir)
-    task_inputs = _config_inputs(task_config)
-    sft_key = inputs_key(stage="sft", model=_config_inputs(model_config), task=task_inputs,
-                         sft=_config_inputs(sft_args))  # fmt: skip
-    _model_stage(sft_dir, sft_key, lambda: run_sft(model_config, task_config, sft_args))
+    task_inputs = config_inputs(task_config)
+    sft_key = inputs_key(stage="sft", model=config_inputs(model_config), task=task_inputs,
+                         sft=config_inputs(sft_args))  # fmt: skip
+    model_stage(sft_dir, sft_key, lambda: run_sft(model_config, task_config, sft_args))
     actor = model_fingerprint(sft_dir)
     lap("sft")
 
@@ -326,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     engine = build_engine(str(sft_dir), engine_config)
     sampled_by = {
         "actor": actor,
-        "engine": _config_inputs(engine_config),
+        "engine": config_inputs(engine_config),
         "reward": reward_fingerprint(math_rewards),
     }
     try:
@@ -378,9 +292,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     data = CriticDataConfig(init_from=str(sft_dir), train_data=str(run_dir / "critic_labels"))
     # The critic and PPO's actor train the SFT'd model with the demo's LoRA settings (if any).
     trained_model = replace(model_config, model_name_or_path=str(sft_dir))
-    critic_key = inputs_key(stage="critic", actor=actor, data=_config_inputs(data), lora=_lora_key(model_config),
-                            critic=_config_inputs(critic_args))  # fmt: skip
-    _model_stage(critic_dir, critic_key, lambda: run_critic_training(trained_model, data, critic_args))
+    critic_key = inputs_key(stage="critic", actor=actor, data=config_inputs(data), lora=_lora_key(model_config),
+                            critic=config_inputs(critic_args))  # fmt: skip
+    model_stage(critic_dir, critic_key, lambda: run_critic_training(trained_model, data, critic_args))
     lap("critic_train")
 
     # 6. How good is it?
@@ -395,9 +309,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ppo_dir = run_dir / "ppo"
     ppo_config = _ppo_config(demo, ppo_dir, sft_args.seed)
     ppo_key = inputs_key(stage="ppo", actor=actor, critic=model_fingerprint(critic_dir), task=task_inputs,
-                         engine=_config_inputs(engine_config), ppo=_config_inputs(ppo_config),
+                         engine=config_inputs(engine_config), ppo=config_inputs(ppo_config),
                          lora=_lora_key(model_config))  # fmt: skip
-    _model_stage(
+    model_stage(
         ppo_dir,
         ppo_key,
         lambda: run_ppo(
@@ -415,6 +329,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # 8. Export the trained actor and critic, and reload them the way users will.
     exported = _export_and_check(ppo_dir, run_dir / "export", demo, held_out_rollouts, engine_config)
     lap("export")
+
+    # 9. The other pipelines from the same SFT'd actor: DAPO, Critique-RL, MCTS expert iteration.
+    run = DemoRun(run_dir, trained_model, task_config, engine_config, sft_args.seed, greedy.pass_at_1,
+                  pipeline_recipes(demo))  # fmt: skip
+    pipelines = {}
+    for name in demo.pipelines:
+        pipelines[name] = run_demo_pipelines(run, [name])[name]
+        lap(name)
     rewards.close()
     timings["total_s"] = time.perf_counter() - started
 
@@ -430,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "ppo_held_out_accuracy": evals,
         "ppo_gain": evals[-1][1] - evals[0][1],
         "export": exported,
+        "pipelines": {name: report.results for name, report in pipelines.items()},
         **timings,
     }
     write_text_atomically(run_dir / "demo_results.json", json.dumps(results, indent=2))
@@ -460,10 +383,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     print(f"Export to {run_dir / 'export'}: {exported['greedy_parity']}; critic scores after a plain "
           f"from_pretrained reload differ by {exported['critic_max_abs_gap']:.1e} at most")  # fmt: skip
+    for report in pipelines.values():
+        print("\n".join(report.lines))
     minutes = {k: v / 60 for k, v in timings.items()}
     print(
         f"  wall time: {minutes['total_s']:.1f} min (SFT {minutes['sft_s']:.1f}, eval {minutes['actor_eval_s']:.1f}, "
         f"MC labels {minutes['mc_labels_s']:.1f}, critic training {minutes['critic_train_s']:.1f}, "
-        f"PPO {minutes['ppo_s']:.1f}, export {minutes['export_s']:.1f})"
+        f"PPO {minutes['ppo_s']:.1f}, export {minutes['export_s']:.1f}"
+        + "".join(f", {name} {minutes[f'{name}_s']:.1f}" for name in pipelines)
+        + ")"
     )
     return results

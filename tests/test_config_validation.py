@@ -41,6 +41,7 @@ CONFIGS = _config_classes()
 # What a class needs besides its defaults to be built at all (required fields).
 REQUIRED = {
     "ExportConfig": {"source": "runs/x/actor", "output_dir": "runs/x-export"},
+    "ServeConfig": {"model": "runs/x/actor"},
     "PromptDataConfig": {"path": "data.jsonl"},
     "CriticDataConfig": {"init_from": "runs/sft", "train_data": "labels"},
     "CriticConfig": {"output_dir": "runs/test-config-validation", "report_to": "none"},
@@ -48,6 +49,7 @@ REQUIRED = {
     "CritiqueRLConfig": {"actor": "runs/demo/sft"},
     "CritiqueEvalConfig": {"actor": "runs/demo/sft", "critic": "runs/critique/critic"},
     "CritiqueSFTRunConfig": {"actor": "runs/demo/sft"},
+    "SelfTrainConfig": {"actor": "runs/demo/sft", "critic": "runs/critique/sft"},
 }
 # Numbers that are right whatever their value, with the reason; every other number declares a range.
 UNBOUNDED = {

@@ -65,6 +65,12 @@ def test_best_of_n_by_verdict_prefers_accepted_then_more_right_steps():
     assert best_of_n_by_verdict(groups, correct) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="problem 0 has 3 critiques and 2 solutions"):
         best_of_n_by_verdict(groups[:1], [[True, False]])
+    # a tie-break (the sampler's confidence) decides only among equal verdict scores: group 2 -> the
+    # second (more confident); group 1's (False, 1/2) pair ties and the third's confidence wins it
+    confidence = [[9.0, 9.0, 0.0], [0.0, 1.0, 2.0], [0.0, 1.0]]
+    assert best_of_n_by_verdict(groups, correct, confidence) == pytest.approx(2 / 3)
+    correct[1] = [False, False, True]
+    assert best_of_n_by_verdict(groups, correct, confidence) == pytest.approx(1.0)
 
 
 def test_majority_of_accepted_votes_among_accepted_solutions_only():

@@ -207,7 +207,7 @@ def test_stage_one_raises_the_critics_reward_and_saves_a_plain_critic(warm_criti
 
     config = _run_config(
         tmp_path, num_iterations=8, eval_every=8, eval_problems=32, prompts_per_iteration=32, kl_coef=0.01,
-        mini_batch_size=128,
+        mini_batch_size=128, balance_solutions=False,  # mostly wrong answers: "Wrong" is the verdict to learn
     )  # fmt: skip
     task = TaskConfig(task="arithmetic", num_train=32, num_eval=32)  # the same 32 problems every iteration
     engines = EngineConfig(engine="hf", engine_dtype="float32")
@@ -264,3 +264,31 @@ def test_stage_two_rewards_the_refinement_a_critique_leads_to(warm_critic_dir, t
         assert row["reward"] == pytest.approx(2.2 * row["acc_dis"] - 1.0)
         assert row["c_to_i"] == 0.0 and row["delta"] == pytest.approx(row["i_to_c"])
         assert row["acc_refine"] == pytest.approx(row["actor_accuracy"] + row["i_to_c"])
+
+
+def test_balanced_iterations_critique_as_many_right_solutions_as_wrong(
+    warm_critic_dir, arithmetic_rows, tmp_path
+):
+    """With ``balance_solutions`` an iteration critiques every right solution and as many wrong ones."""
+    from llmac.config import ModelConfig
+    from llmac.critique.oracle import judge_solution
+    from llmac.critique.trainer import CritiqueRLTrainer
+    from llmac.data.tasks import TaskConfig, load_task
+    from llmac.engines import EngineConfig, build_engine
+
+    task = TaskConfig(task="arithmetic", num_train=32, num_eval=32)
+    right = sum(judge_solution(q, _solution(q)).answer_correct for q in load_task(task, "rl")["question"])
+    assert 0 < right < 16  # the scripted actor is right about one time in eight
+    engines = EngineConfig(engine="hf", engine_dtype="float32")
+    critic = build_engine(warm_critic_dir, engines)
+    config = _run_config(
+        tmp_path, num_iterations=1, eval_every=0, prompts_per_iteration=32, mini_batch_size=128
+    )
+    try:
+        CritiqueRLTrainer(ModelConfig(model_name_or_path=str(warm_critic_dir)), task, engines, config,
+                          critic_engine=critic, actor_engine=ScriptedActor()).train()  # fmt: skip
+    finally:
+        critic.close()
+    (row,) = [r for r in _rows(tmp_path / "run") if r["iteration"] == 1]
+    assert row["completions"] == 2 * right * config.samples_per_prompt
+    assert row["actor_accuracy"] == pytest.approx(right / 32)  # the actor itself, before the balancing

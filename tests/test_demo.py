@@ -11,6 +11,7 @@ from datasets import Dataset
 from model_copies import copy_with_new_mtimes, nudged_copy
 
 from llmac import demo
+from llmac.demo_stages import config_inputs, dataset_stage, model_stage
 from llmac.fingerprints import is_complete_model
 from llmac.metrics_log import MetricsLog
 from llmac.outputs import MARKER, write_marker
@@ -42,6 +43,7 @@ def _argv(tmp_path) -> list[str]:
         "--engine", "vllm", "--engine_dtype", "float32", "--eval_samples", "2", "--eval_max_new_tokens", "48",
         "--critic_questions", "8", "--critic_solutions", "2", "--mc_rollouts", "2", "--held_out_labelled", "16",
         "--critic_max_steps", "5", "--critic_batch_size", "8", "--ppo_recipe", str(recipe),
+        "--pipelines", "none",  # the pipelines' stages: tests/test_demo_pipelines.py
     ]  # fmt: skip
 
 
@@ -100,22 +102,22 @@ def test_a_dataset_stage_is_redone_when_truncated_or_made_from_other_inputs(tmp_
         shards.mkdir()  # where the sampler would keep its finished batches
         return _rows(2000)
 
-    assert demo._stage_dataset(path, "key-1", build)["x"] == list(range(2000))
+    assert dataset_stage(path, "key-1", build)["x"] == list(range(2000))
     assert len(built) == 1 and not built[0].exists()  # its shards are gone once the dataset is saved
-    assert demo._stage_dataset(path, "key-1", build)["x"] == list(range(2000)) and len(built) == 1
+    assert dataset_stage(path, "key-1", build)["x"] == list(range(2000)) and len(built) == 1
 
     (arrow,) = path.glob("*.arrow")
     arrow.write_bytes(arrow.read_bytes()[:-500])  # half-written: the stamp matches, the rows do not load
-    assert demo._stage_dataset(path, "key-1", build)["x"] == list(range(2000)) and len(built) == 2
+    assert dataset_stage(path, "key-1", build)["x"] == list(range(2000)) and len(built) == 2
 
-    demo._stage_dataset(path, "key-2", build)  # other inputs (or code): redone
+    dataset_stage(path, "key-2", build)  # other inputs (or code): redone
     assert len(built) == 3 and built[2].name.startswith("critic_labels.shards-key-2")  # shards per key
     assert sorted(p.name for p in tmp_path.iterdir()) == ["critic_labels"]  # llmac's stale ones are gone
 
     shutil.rmtree(path)
     path.mkdir()
     (path / "notes.txt").write_text("mine")  # a folder llmac did not write: moved aside, not deleted
-    demo._stage_dataset(path, "key-2", build)
+    dataset_stage(path, "key-2", build)
     assert len(built) == 4 and (tmp_path / "critic_labels.stale-1" / "notes.txt").read_text() == "mine"
 
 
@@ -130,17 +132,17 @@ def test_a_model_stage_is_redone_when_truncated_or_stale_and_resumed_when_interr
         write_marker(path, "sft")
         shutil.copytree(tiny_actor_dir, path, dirs_exist_ok=True)
 
-    demo._model_stage(path, "key-1", train)
-    demo._model_stage(path, "key-1", train)
+    model_stage(path, "key-1", train)
+    model_stage(path, "key-1", train)
     assert runs == [None]
     assert not (tmp_path / ".sft.llmac-stage.json").exists()  # the running stamp is gone once done
 
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-64])
-    demo._model_stage(path, "key-1", train)
+    model_stage(path, "key-1", train)
     assert runs == [None, None] and is_complete_model(path)
 
-    demo._model_stage(path, "key-2", train)  # another actor, task or code version
+    model_stage(path, "key-2", train)  # another actor, task or code version
     assert runs == [None, None, None]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sft"]
 
@@ -152,16 +154,16 @@ def test_a_model_stage_is_redone_when_truncated_or_stale_and_resumed_when_interr
         (tmp_path / ".sft.llmac-stage.json").write_text(json.dumps({"key": key, "state": "running"}))
 
     killed_run("key-3")
-    demo._model_stage(path, "key-3", train)
+    model_stage(path, "key-3", train)
     assert runs[-1] == ["checkpoint-10"]
     killed_run("key-3")
-    demo._model_stage(path, "key-4", train)
+    model_stage(path, "key-4", train)
     assert runs[-1] is None
 
     shutil.rmtree(path)
     path.mkdir()
     (path / "notes.txt").write_text("mine")
-    demo._model_stage(path, "key-4", train)
+    model_stage(path, "key-4", train)
     assert runs[-1] is None and (tmp_path / "sft.stale-1" / "notes.txt").read_text() == "mine"
 
 
@@ -170,6 +172,6 @@ def test_stage_keys_read_model_content_not_paths(tiny_actor_dir, tmp_path):
 
     copy = copy_with_new_mtimes(tiny_actor_dir, tmp_path / "copy")
     nudged = nudged_copy(tiny_actor_dir, tmp_path / "nudged")
-    key = lambda path: demo._config_inputs(ModelConfig(model_name_or_path=str(path)))  # noqa: E731
+    key = lambda path: config_inputs(ModelConfig(model_name_or_path=str(path)))  # noqa: E731
     assert key(copy) == key(tiny_actor_dir) != key(nudged)
     assert key("tiny") == {**key(copy), "model_name_or_path": "tiny"}

@@ -13,11 +13,14 @@ import yaml
 from llmac.config import parse_config
 from llmac.critic.cli import LABEL_CONFIG_CLASSES
 from llmac.critic.training import CONFIG_CLASSES as CRITIC_TRAIN_CLASSES
+from llmac.critique.self_training import CONFIG_CLASSES as CRITIQUE_SELF_TRAIN_CLASSES
 from llmac.critique.sft import CONFIG_CLASSES as CRITIQUE_SFT_CLASSES
 from llmac.critique.trainer import CONFIG_CLASSES as CRITIQUE_TRAIN_CLASSES
 from llmac.dapo.build import CONFIG_CLASSES as DAPO_BUILD_CLASSES
 from llmac.dapo.trainer import CONFIG_CLASSES as DAPO_TRAIN_CLASSES
 from llmac.demo import CONFIG_CLASSES as DEMO_CLASSES
+from llmac.mcts.build import CONFIG_CLASSES as MCTS_BUILD_CLASSES
+from llmac.mcts.expert_iteration import CONFIG_CLASSES as MCTS_ITERATE_CLASSES
 from llmac.ppo.trainer import CONFIG_CLASSES as PPO_CLASSES
 from llmac.sft import CONFIG_CLASSES as SFT_CLASSES
 
@@ -35,7 +38,11 @@ COMMANDS = {
     "dapo/qwen*.yaml": DAPO_TRAIN_CLASSES,
     "critique/*_sft.yaml": CRITIQUE_SFT_CLASSES,
     "critique/*_stage*.yaml": CRITIQUE_TRAIN_CLASSES,
+    "critique/*_self_train.yaml": CRITIQUE_SELF_TRAIN_CLASSES,
     "critique/qwen*.yaml": CRITIQUE_TRAIN_CLASSES,
+    "mcts/*_build.yaml": MCTS_BUILD_CLASSES,
+    "mcts/qwen2.5-math-1.5b_gsm8k.yaml": MCTS_BUILD_CLASSES,
+    "mcts/*_expert_iteration.yaml": MCTS_ITERATE_CLASSES,
 }
 
 

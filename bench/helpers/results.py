@@ -35,6 +35,15 @@ def add_results_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def start_output(threads: int | None) -> None:
+    """Line-buffered stdout (progress reaches a log as it happens) and ``threads`` torch threads if set."""
+    sys.stdout.reconfigure(line_buffering=True)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def format_value(value) -> str:
     """A figure as the summary line prints it: floats to 4 significant digits, the rest as ``str``."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)

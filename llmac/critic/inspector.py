@@ -15,6 +15,7 @@ from typing import Any
 
 from llmac.critic.metrics import first_error_from_labels, first_error_index
 from llmac.files import write_text_atomically
+from llmac.html_filter import filter_script
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 60em; padding: 1em; color: #222; }
@@ -33,22 +34,7 @@ header { border-bottom: 1px solid #ccc; margin-bottom: 1em; }
 .badge.reference { background: #555; }
 """
 
-_JS = """
-(function () {
-  var box = document.getElementById("only-flagged");
-  function apply() {
-    var only = box.checked;
-    document.body.setAttribute("data-filter", only ? "flagged" : "all");
-    document.querySelectorAll("section.solution").forEach(function (s) {
-      s.hidden = only && !s.classList.contains("has-flag");
-    });
-  }
-  function fromHash() { box.checked = location.hash === "#flagged"; apply(); }
-  box.addEventListener("change", apply);
-  window.addEventListener("hashchange", fromHash);
-  fromHash();
-})();
-"""
+_JS = filter_script("flagged", "solution", "has-flag")
 
 
 def _colour(value: float) -> tuple[str, str]:

@@ -9,8 +9,10 @@
 - :mod:`~llmac.critique.objective`: Critique-RL's KL-shaped rewards, RLOO advantages and loss (pure).
 - :mod:`~llmac.critique.episodes`, :mod:`~llmac.critique.trainer`, :mod:`~llmac.critique.config`:
   Critique-RL on the RL core (``llmac critique train``).
+- :mod:`~llmac.critique.self_training`: critique-in-the-loop self-training of the actor (``self-train``).
+- :mod:`~llmac.critique.inspector`: an HTML page of each critique beside its solution (``inspect``).
 - :mod:`~llmac.critique.sft`, :mod:`~llmac.critique.evaluate`, :mod:`~llmac.critique.cli`: ``llmac critique
-  sft | train | refine | eval``.
+  sft | train | refine | eval | self-train | inspect``.
 
 Nothing is imported here, so importing one module does not pull in the engines (torch).
 """

@@ -1,4 +1,4 @@
-"""``llmac critique sft | train | refine | eval``: the generative critic's command line."""
+"""``llmac critique sft | train | refine | eval | self-train | inspect``: the generative critic's command line."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("llmac.critique.trainer", "main", "Critique-RL: stage I (verdicts) or II (refinements), RLOO"),
     "refine": ("llmac.critique.evaluate", "refine_main", "critique -> refine the actor's held-out answers"),
     "eval": ("llmac.critique.evaluate", "eval_main", "Acc@Dis, first-error F1, best-of-N by verdict, refine"),
+    "self-train": (
+        "llmac.critique.self_training",
+        "main",
+        "critique-in-the-loop self-training: sample, critique, refine, keep the correct, re-SFT the actor",
+    ),
+    "inspect": ("llmac.critique.inspector", "main", "an HTML page of each critique beside its solution"),
 }
 
 

@@ -80,7 +80,7 @@ def critique_rows(
     return rows
 
 
-def _balanced(indices: list[int], correct: Sequence[bool], seed: int) -> list[int]:
+def balanced(indices: list[int], correct: Sequence[bool], seed: int) -> list[int]:
     """``indices`` with the larger verdict side subsampled to the size of the smaller, order kept."""
     right = [i for i in indices if correct[i]]
     wrong = [i for i in indices if not correct[i]]
@@ -115,5 +115,5 @@ def critique_sft_dataset(rollouts: Dataset, config: CritiqueDataConfig | None = 
     )
     dataset = Dataset.from_dict(rows)
     if config.balance:
-        dataset = dataset.select(_balanced(list(range(len(dataset))), rows["answer_correct"], config.seed))
+        dataset = dataset.select(balanced(list(range(len(dataset))), rows["answer_correct"], config.seed))
     return dataset

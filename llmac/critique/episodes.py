@@ -9,7 +9,7 @@ One iteration (:meth:`CritiqueEpisodes.sample_batch`), on the main process:
    judged by ``answer_reward`` against the gold answer (the oracle correctness);
 2. the critique request of each solution (its steps in the critique format) and ``samples_per_prompt``
    critiques of it at ``temperature``, parsed into verdicts (malformed ones count as wrong);
-3. if the reward reads the refinement: one greedy refinement by the actor of each critique that rejects
+3. if the reward reads the refinement: one refinement by the actor of each critique that rejects
    the solution (a critique that accepts it leaves it as it was), judged again;
 4. each critique's reward (:mod:`llmac.critique.rewards`), the critique as a :class:`~llmac.rl.batch.Sample`.
 """
@@ -23,6 +23,7 @@ import numpy as np
 import torch.distributed as dist
 
 from llmac.critique.config import CritiqueRLConfig, reads_refinement
+from llmac.critique.data import balanced
 from llmac.critique.format import CritiqueVerdicts, get_critique_format
 from llmac.critique.metrics import discrimination_metrics, refine_metrics
 from llmac.critique.refine import RefineConfig, RefineRequest, critique_and_refine, refine_solutions
@@ -129,6 +130,8 @@ class CritiqueEpisodes:
         steps = [clean_steps(s, self.actor.delimiter) for s in solutions]
         requests = [self.request_ids(q, s) for q, s in zip(questions, steps, strict=True)]
         kept = [j for j, ids in enumerate(requests) if len(ids) <= config.max_prompt_length]
+        if config.balance_solutions:
+            kept = balanced(kept, correct, seed) or kept  # one kind only: nothing to balance
         sampling = SamplingConfig(
             n=k,
             temperature=config.temperature,
@@ -197,6 +200,7 @@ class CritiqueEpisodes:
         return RefineConfig(
             mode=config.refine_mode,
             critique_format=config.critique_format,
+            refine_temperature=config.refine_temperature,
             refine_max_new_tokens=config.refine_max_new_tokens,
             seed=config.seed,
         )
@@ -254,7 +258,7 @@ class CritiqueEpisodes:
     # -- held-out evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Greedy critiques of the actor's greedy held-out solutions: Acc@Dis (all, on right and on wrong
-        solutions) and the accuracy after one greedy refinement (main process; the others wait)."""
+        solutions) and the accuracy after one refinement (main process; the others wait)."""
         result = {}
         if self.accelerator.is_main_process and self.engine is not None:
             result = self.evaluate_held_out()
@@ -269,7 +273,9 @@ class CritiqueEpisodes:
             mode=self.config.refine_mode,
             critique_format=self.config.critique_format,
             critique_max_new_tokens=self.config.max_new_tokens,
+            refine_temperature=self.config.refine_temperature,
             refine_max_new_tokens=self.config.refine_max_new_tokens,
+            seed=self.config.seed,
         )
         turns = critique_and_refine(
             self.actor,

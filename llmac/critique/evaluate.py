@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from llmac.config import option, parse_config
-from llmac.critique.format import CritiqueVerdicts
+from llmac.critique.format import CritiqueVerdicts, get_critique_format
 from llmac.critique.metrics import (
     best_of_n_by_verdict,
     discrimination_metrics,
@@ -34,6 +35,8 @@ from llmac.critique.metrics import (
 )
 from llmac.critique.oracle import judge_solution
 from llmac.critique.refine import RefineConfig, critique_and_refine
+from llmac.critique.step_critic_baseline import step_critic_summary
+from llmac.critique.verdict_confidence import verdict_probabilities
 from llmac.data.loading import DataError, format_prompt
 from llmac.data.tasks import TaskConfig, load_task
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
@@ -43,6 +46,7 @@ from llmac.outputs import check_output, claim_output, overwrite_field, write_mar
 from llmac.rewards import answer_keys
 from llmac.rewards.registry import get_reward_fn
 from llmac.rollouts import save_dataset_atomically
+from llmac.steps import clean_steps
 from llmac.validation import check_fields, require
 
 logger = logging.getLogger(__name__)
@@ -61,6 +65,11 @@ class CritiqueEvalConfig:
     solution_temperature: float = option(1.0, "Temperature of solutions 2..N.", range="[0, inf)")
     solution_max_new_tokens: int = option(96, "Tokens per solution at most.", range="[1, inf)")
     answer_reward: str = option("math", "What judges the answers: a reward name or 'module:function'.")
+    step_critic: str | None = option(
+        None,
+        "eval: also judge the same solutions with this step critic (`llmac critic train` output): "
+        "Acc@Dis, first-error F1 and best-of-N by its least step value.",
+    )
     overwrite: bool = overwrite_field()
 
     def __post_init__(self) -> None:
@@ -133,8 +142,22 @@ def refine_summary(turns, n: int) -> dict:
     return result
 
 
-def judge_summary(turns, solutions: Solutions) -> dict:
-    """How the first critique of each solution judges it (module docstring)."""
+def oracle_first_errors(solutions: Solutions) -> list[int] | str:
+    """The arithmetic oracle's first wrong step of every solution (-1: none), or why there is none."""
+    try:
+        return [
+            judge_solution(q, s, a).first_error
+            for q, s, a in zip(solutions.questions, solutions.texts, solutions.answers, strict=True)
+        ]
+    except (DataError, ValueError) as error:  # not the arithmetic task
+        return str(error)
+
+
+def judge_summary(
+    turns, solutions: Solutions, verdict_probability: Sequence[float | None] | None = None
+) -> dict:
+    """How the first critique of each solution judges it (module docstring); ``verdict_probability``
+    (the critic's P(correct) at its final verdict, per first critique) adds best-of-N by it."""
     first = [row for row in turns if row["round"] == 0]
     correct = [bool(r["correct"]) for r in first]
     verdicts = [
@@ -147,13 +170,12 @@ def judge_summary(turns, solutions: Solutions) -> dict:
         "discrimination": asdict(discrimination_metrics([r["verdict"] for r in first], correct)),
         "malformed_fraction": float(np.mean([r["num_malformed"] > 0 for r in first])),
     }
+    true_first = oracle_first_errors(solutions)
     try:
-        true_first = [
-            judge_solution(q, s, a).first_error
-            for q, s, a in zip(solutions.questions, solutions.texts, solutions.answers, strict=True)
-        ]
+        if isinstance(true_first, str):
+            raise ValueError(true_first)
         result["first_error"] = first_error_f1([v.first_flagged for v in verdicts], true_first)
-    except (DataError, ValueError) as error:  # not the arithmetic task, or one kind of solution missing
+    except ValueError as error:  # not the arithmetic task, or one kind of solution missing
         result["first_error"] = f"not measured: {error}"
     n = solutions.n
     if n > 1:
@@ -163,6 +185,14 @@ def judge_summary(turns, solutions: Solutions) -> dict:
         result["best_of_n"] = {
             "n": n,
             "by_verdict": best_of_n_by_verdict(_grouped(verdicts, n), groups_correct),
+            "by_verdict_then_confidence": best_of_n_by_verdict(
+                _grouped(verdicts, n), groups_correct, confidence
+            ),
+            **(
+                {"by_verdict_probability": best_by_score(groups_correct, _grouped(verdict_probability, n))}
+                if verdict_probability is not None
+                else {}
+            ),  # fmt: skip
             "majority_of_accepted": majority_of_accepted(_grouped(verdicts, n), groups_correct, keys),
             "majority": majority_at_k([[float(c) for c in g] for g in groups_correct], keys),
             "random": float(np.mean(correct)),
@@ -172,6 +202,32 @@ def judge_summary(turns, solutions: Solutions) -> dict:
             "pass_at_n": float(np.mean([any(g) for g in groups_correct])),
         }
     return result
+
+
+def best_by_score(
+    groups_correct: Sequence[Sequence[bool]], groups_scores: Sequence[Sequence[float | None]]
+) -> float:
+    """Fraction of problems whose highest-scored solution is right (no score ranks lowest; ties: first)."""
+    picks = [
+        max(range(len(s)), key=lambda i, s=s: -math.inf if s[i] is None else s[i]) for s in groups_scores
+    ]
+    return float(np.mean([g[i] for g, i in zip(groups_correct, picks, strict=True)]))
+
+
+def critic_verdict_probabilities(
+    critic: str, refine: RefineConfig, delimiter: str, turns: list[dict]
+) -> list:
+    """The critic's P(correct) at the final verdict of each turn's critique (soft verdicts)."""
+    from llmac.models import load_actor, load_tokenizer
+
+    fmt = get_critique_format(refine.critique_format)
+    tokenizer = load_tokenizer(critic)
+    prompts = [
+        format_prompt(tokenizer, fmt.prompt(r["question"], clean_steps(r["solution"], delimiter)))
+        for r in turns
+    ]
+    model = load_actor(critic, "float32").eval()
+    return verdict_probabilities(model, tokenizer, fmt, prompts, [r["critique"] for r in turns])
 
 
 def run_critique_eval(
@@ -184,9 +240,8 @@ def run_critique_eval(
 ) -> dict:
     """Sample, critique and refine the held-out solutions; write and return the metrics."""
     command = "critique refine" if save_turns else "critique eval"
-    check_output(
-        config.output_dir, command, overwrite=config.overwrite, sources=[config.actor, config.critic]
-    )
+    check_output(config.output_dir, command, overwrite=config.overwrite,
+                 sources=[config.actor, config.critic, *filter(None, [config.step_critic])])  # fmt: skip
     rows = load_task(task, "eval")
     reward_fn = get_reward_fn(config.answer_reward)
     with (
@@ -203,7 +258,16 @@ def run_critique_eval(
         "refine": refine_summary(turns, solutions.n),
     }
     if judge:
-        metrics.update(judge_summary(turns, solutions))
+        first = [row for row in turns if row["round"] == 0]
+        probability = critic_verdict_probabilities(config.critic, refine, engine_config.delimiter, first)
+        metrics.update(judge_summary(turns, solutions, probability))
+    if judge and config.step_critic:
+        correct = [bool(r["correct"]) for r in turns if r["round"] == 0]
+        true_first = oracle_first_errors(solutions)
+        metrics["step_critic"] = step_critic_summary(
+            config.step_critic, solutions.questions, solutions.texts, correct, solutions.n,
+            None if isinstance(true_first, str) else true_first,
+        )  # fmt: skip
     out = claim_output(config.output_dir, command)
     if save_turns:
         save_dataset_atomically(turns, out / "turns", command, overwrite=True)

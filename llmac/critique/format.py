@@ -82,6 +82,14 @@ class CritiqueFormat(ABC):
     def parse(self, critique: str, num_steps: int) -> CritiqueVerdicts:
         """The verdicts of ``critique`` on a solution of ``num_steps`` steps; never raises on its text."""
 
+    #: The final verdict as written after :meth:`final_verdict_prefix`: (correct, wrong).
+    verdict_words: tuple[str, str] | None = None
+
+    def final_verdict_prefix(self, critique: str) -> str | None:
+        """``critique`` up to its final verdict word (None without one, or for a format that cannot say):
+        where the critic's next-token odds of the two :attr:`verdict_words` give a soft verdict."""
+        return None
+
 
 # ---------------------------------------------------------------------------------------------------
 # verbose: the Critique-RL paper's layout
@@ -126,6 +134,14 @@ class VerboseFormat(CritiqueFormat):
         blocks.append(f"Correctness of the final answer: {'Correct' if final_correct else 'Wrong'}")
         return "\n\n".join(blocks)
 
+    verdict_words = (" Correct", " Wrong")
+
+    def final_verdict_prefix(self, critique: str) -> str | None:
+        matches = list(_FINAL_VERDICT.finditer(critique))
+        if not matches or _verdict_word(matches[-1].group(1)) is None:
+            return None
+        return critique[: matches[-1].start(1)].rstrip()
+
     def parse(self, critique: str, num_steps: int) -> CritiqueVerdicts:
         final_matches = list(_FINAL_VERDICT.finditer(critique))
         body_end = final_matches[-1].start() if final_matches else len(critique)
@@ -162,6 +178,7 @@ def _verdicts(found: dict[int, bool], num_steps: int, final: bool | None, malfor
 
 _COMPACT_MARKS = {"r": True, "w": False}
 _COMPACT_FINAL = re.compile(r"^\s*Answer:\s*([rw])\s*$")
+_COMPACT_FINAL_AT_END = re.compile(r"(?:^|\n)[ \t]*(Answer:)[ \t]*[rw]\s*$")
 
 
 class CompactFormat(CritiqueFormat):
@@ -177,6 +194,12 @@ class CompactFormat(CritiqueFormat):
         lines = [f"{j.derivation} {'r' if j.correct else 'w'}" for j in judgements]
         lines.append(f"Answer: {'r' if final_correct else 'w'}")
         return "\n".join(lines)
+
+    verdict_words = (" r", " w")
+
+    def final_verdict_prefix(self, critique: str) -> str | None:
+        match = _COMPACT_FINAL_AT_END.search(critique)
+        return critique[: match.end(1)] if match else None
 
     def parse(self, critique: str, num_steps: int) -> CritiqueVerdicts:
         lines = [line for line in critique.splitlines() if line.strip()]

@@ -98,14 +98,22 @@ def verdict_score(verdicts: CritiqueVerdicts) -> tuple[bool, float]:
 
 
 def best_of_n_by_verdict(
-    groups_of_verdicts: Sequence[Sequence[CritiqueVerdicts]], groups_of_correct: Sequence[Sequence[bool]]
+    groups_of_verdicts: Sequence[Sequence[CritiqueVerdicts]],
+    groups_of_correct: Sequence[Sequence[bool]],
+    groups_of_tie_breaks: Sequence[Sequence[float]] | None = None,
 ) -> float:
-    """Fraction of problems where the solution the critique trusts most (:func:`verdict_score`; ties go
-    to the first) is correct."""
+    """Fraction of problems where the solution the critique trusts most (:func:`verdict_score`) is correct.
+
+    Ties go to the highest ``groups_of_tie_breaks`` score (e.g. the sampler's confidence), else to the first.
+    """
     _check_groups("best_of_n_by_verdict", groups_of_verdicts, groups_of_correct)
+    if groups_of_tie_breaks is None:
+        groups_of_tie_breaks = [[0.0] * len(group) for group in groups_of_verdicts]
     hits = 0
-    for verdicts, correct in zip(groups_of_verdicts, groups_of_correct, strict=True):
-        scores = [verdict_score(v) for v in verdicts]
+    for verdicts, correct, ties in zip(
+        groups_of_verdicts, groups_of_correct, groups_of_tie_breaks, strict=True
+    ):
+        scores = [(*verdict_score(v), tie) for v, tie in zip(verdicts, ties, strict=True)]
         pick = max(range(len(scores)), key=scores.__getitem__)
         hits += bool(correct[pick])
     return hits / len(groups_of_verdicts)

@@ -68,7 +68,12 @@ class RefineConfig:
     critique_format: str = option("compact", "Critique layout: 'compact' or 'verbose'.")
     critique_temperature: float = option(0.0, "Critic sampling temperature (0 = greedy).", range="[0, inf)")
     critique_max_new_tokens: int = option(256, "Tokens per critique at most.", range="[1, inf)")
-    refine_temperature: float = option(0.0, "Actor sampling temperature when refining.", range="[0, inf)")
+    refine_temperature: float = option(
+        1.0,
+        "Actor sampling temperature when refining. In 'regenerate' mode greedy decoding (0) from the same "
+        "prefix repeats the flagged step; 'rewrite' with an instruction-tuned actor may use 0.",
+        range="[0, inf)",
+    )
     refine_max_new_tokens: int = option(256, "Tokens per refinement at most.", range="[1, inf)")
     rewrite_template: str = option(
         DEFAULT_REWRITE_TEMPLATE,

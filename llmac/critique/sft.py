@@ -26,6 +26,7 @@ from trl import SFTConfig
 
 from llmac.config import ModelConfig, option, parse_config
 from llmac.critique.data import CritiqueDataConfig, critique_sft_dataset
+from llmac.data.loading import DataError
 from llmac.data.tasks import SPLITS, TaskConfig, load_task
 from llmac.distributed import end_process_group, is_main_process
 from llmac.engines import EngineConfig, SamplingConfig, build_engine
@@ -99,6 +100,12 @@ def build_critique_data(
             engine, rows, sampling, get_reward_fn(run.answer_reward), progress=progress
         )
     dataset = critique_sft_dataset(rollouts, run.data_config(seed))
+    if len(dataset) == 0:
+        raise DataError(
+            f"critique sft: no critiques from {run.num_problems} problems x {run.solutions_per_problem} "
+            f"solutions of {run.actor} (balance={run.balance} needs both right and wrong answers): "
+            "sample more problems or solutions, or set --balance false"
+        )
     right = sum(dataset["answer_correct"])
     logger.info(
         "critique data: %d critiques (%d of right answers, %d of wrong)",

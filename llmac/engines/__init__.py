@@ -13,7 +13,8 @@ from llmac.engines.base import BaseEngine, Completion, RawCompletion, RolloutEng
 from llmac.steps import DEFAULT_DELIMITER
 from llmac.validation import check_fields, require
 
-ENGINE_NAMES = ("auto", "vllm", "hf")
+ENGINE_NAMES = ("auto", "vllm", "hf", "remote")
+WEIGHT_TRANSFERS = ("http", "nccl", "ipc")
 
 
 @dataclass
@@ -21,7 +22,10 @@ class EngineConfig:
     """Which rollout engine to build and how. Fields a backend does not use are ignored by it."""
 
     engine: str = option(
-        "auto", "'vllm', 'hf' (transformers generate) or 'auto' (vllm if installed).", choices=ENGINE_NAMES
+        "auto",
+        "'vllm', 'hf' (transformers generate), 'remote' (`llmac serve` servers at server_urls) or "
+        "'auto' (vllm if installed).",
+        choices=ENGINE_NAMES,
     )
     delimiter: str = option(DEFAULT_DELIMITER, "Step delimiter: one step ends with it.")
     engine_dtype: str = option(
@@ -47,10 +51,36 @@ class EngineConfig:
     )
     hf_batch_size: int = option(64, "hf: sequences (prompt copies) per generate call.", range="[1, inf)")
     vllm_kwargs: dict = option(help="Extra keyword arguments for vllm.LLM.", factory=dict)
+    server_urls: list[str] = option(
+        help="remote: base URLs of `llmac serve` servers (http://host:port); prompts are spread "
+        "over them, each with its own seed, so the samples do not depend on how many there are.",
+        factory=list,
+    )
+    server_timeout_s: float = option(
+        600.0,
+        "remote: seconds a server may stay silent in one call before it counts as dead (the call "
+        "moves to another server, or fails with an error naming it).",
+        range="(0, inf)",
+    )
+    weight_transfer: str = option(
+        "http",
+        "remote and `llmac serve`: how weights reach the servers: 'http' (safetensors over the API; "
+        "any device), "
+        "'nccl' (vLLM's NCCL broadcast to servers on their own GPUs) or 'ipc' (CUDA IPC to a server "
+        "on this GPU); the servers must be started with the same --weight_transfer.",
+        choices=WEIGHT_TRANSFERS,
+    )
+    weight_transfer_address: str = option(
+        "",
+        "remote, weight_transfer=nccl: host:port this trainer opens its NCCL endpoint on, reachable "
+        "from the servers (server i uses port + i); empty: this host's name and port 29600.",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
         require(self, bool(self.delimiter), "delimiter must be a non-empty string")
+        require(self, self.engine != "remote" or bool(self.server_urls),
+                "engine=remote needs server_urls (the `llmac serve` servers' http://host:port)")  # fmt: skip
 
 
 def vllm_available() -> bool:
@@ -68,6 +98,18 @@ def build_engine(model_path: str | Path, config: EngineConfig | None = None, tok
     if name == "auto":
         name = "vllm" if vllm_available() else "hf"
     shared = {"tokenizer": tokenizer, "delimiter": config.delimiter, "dtype": config.engine_dtype}
+    if name == "remote":
+        from llmac.engines.remote import RemoteEngine
+
+        return RemoteEngine(
+            config.server_urls,
+            model_path,
+            tokenizer=tokenizer,
+            delimiter=config.delimiter,
+            timeout_s=config.server_timeout_s,
+            weight_transfer=config.weight_transfer,
+            weight_transfer_address=config.weight_transfer_address,
+        )
     if name == "vllm":
         from llmac.engines.vllm import VLLMEngine
 
@@ -100,7 +142,7 @@ def engine_compute_dtype(config: EngineConfig, model_path: str | Path) -> torch.
         )
         return dtype
     checkpoint = checkpoint_dtype(model_path)
-    vllm = config.engine == "vllm" or (config.engine == "auto" and vllm_available())
+    vllm = config.engine in ("vllm", "remote") or (config.engine == "auto" and vllm_available())
     return torch.bfloat16 if vllm and checkpoint == torch.float32 else checkpoint
 
 

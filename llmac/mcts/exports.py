@@ -14,8 +14,9 @@ are put on [0, 1] (``(q + 1) / 2`` for trees on the ``pm1`` scale) and only node
 - :func:`step_preference_rows` (CR-Planner): at each node, the best child (highest value) against
   every lower sibling at least ``margin`` below it: ``prompt``, ``prefix`` (steps before),
   ``chosen``/``rejected`` (one step each), ``chosen_value``/``rejected_value``, ``answer``,
-  ``tree_index``. For a DPO trainer the prompt is the chat-templated question followed by
-  ``join_steps(prefix) + delimiter``.
+  ``tree_index``. For a DPO trainer, :func:`to_dpo_rows` maps them to ``prompt`` (the
+  chat-templated question, then ``join_steps(prefix) + delimiter`` when there is a prefix),
+  ``chosen``, ``rejected``.
 - :func:`rstar_pair_rows` (rStar-Math PPM): at each node, the ``k`` highest-value children that
   lead to a correct terminal against the ``k`` lowest-value children whose subtree has terminals,
   none correct; every combination, same columns as the step preferences.
@@ -27,13 +28,13 @@ are put on [0, 1] (``(q + 1) / 2`` for trees on the ``pm1`` scale) and only node
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from datasets import Dataset, Features, List, Value
 
 from llmac.critic.labelling import PRM_COLUMNS
 from llmac.mcts.tree import Node, Tree, to_probability
-from llmac.steps import DEFAULT_DELIMITER
+from llmac.steps import DEFAULT_DELIMITER, join_steps
 
 logger = logging.getLogger(__name__)
 
@@ -204,3 +205,25 @@ def verified_solution_rows(trees: Sequence[Tree]) -> Dataset:
                 }
             )
     return _rows(records, SOLUTION_FEATURES, 0, "solutions")
+
+
+def to_dpo_rows(
+    pairs: Dataset, template: Callable[[str], str] = str, delimiter: str = DEFAULT_DELIMITER
+) -> Dataset:
+    """Step or rStar pairs as TRL DPO rows: ``prompt`` = ``template(question)`` (e.g. the chat template,
+    :func:`llmac.data.loading.format_prompt`) then the prefix steps each ended by ``delimiter``, which is
+    where the actor writes its next step; ``chosen``/``rejected`` the two steps.
+
+    TRL's DPOTrainer ends a plain-text completion with the EOS token, so a pair also teaches stopping
+    after the step; the preference between the two steps is what it compares.
+    """
+
+    def row(pair: dict) -> dict:
+        prefix = join_steps(pair["prefix"], delimiter) + delimiter if pair["prefix"] else ""
+        return {
+            "prompt": template(pair["prompt"]) + prefix,
+            "chosen": pair["chosen"],
+            "rejected": pair["rejected"],
+        }
+
+    return pairs.map(row, remove_columns=pairs.column_names)

@@ -3,18 +3,24 @@
 One iteration, for all trees together:
 
 1. select: in every tree, descend by UCT/PUCT to a terminal or an unexpanded node;
-2. a selected terminal backs up its verdict again (+1/-1 or 1/0, see :mod:`llmac.mcts.tree`);
+2. a selected terminal backs up its value again (its verdict, +1/-1 or 1/0, see :mod:`llmac.mcts.tree`);
 3. expand: ONE ``engine.sample_step`` call asks ``branching`` candidate next steps of every selected
    unexpanded node (prompt + the exact token ids generated so far, so vLLM's prefix cache shares
    the prefix); each node gets one child per distinct step with visible text (a node with none
    becomes a terminal, see :meth:`llmac.mcts.tree.Tree.expand`);
 4. new terminal children are verified (one reward-function batch); the others are evaluated by
-   the leaf evaluator (:mod:`llmac.mcts.values`: critic, rollouts or a mix; one batch);
+   the leaf evaluator (:mod:`llmac.mcts.values`: critic, rollouts or a mix; one batch). Without a
+   reward function (``reward_fn=None``: test-time search guided by the critic alone) terminals are
+   evaluated by the leaf evaluator too, and keep that value (``Node.evaluation``);
 5. back up: each new child gets one visit with its value, which also counts in every ancestor.
 
 So a node's ``q`` is the mean of all evaluations made in its subtree. Determinism: step sample ``k``
 of the ``j``-th node expanded in the whole search is asked for with seed ``seed + j * branching + k``
 (VLLMEngine's per-request seeds), whatever the batch.
+
+Cost. Each tree counts the step samples drawn for it and their tokens (``Tree.step_samples``,
+``Tree.step_tokens``); :class:`~llmac.mcts.values.RolloutValue` adds its rollouts' tokens
+(``Tree.rollout_tokens``), so coverage can be compared at equal generated tokens.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from llmac.config import option
 from llmac.data.loading import format_prompt
 from llmac.engines.base import RolloutEngine, SamplingConfig
 from llmac.mcts.select import SELECTION_RULES
-from llmac.mcts.tree import VALUE_SCALES, Node, StepSample, Tree, from_probability, terminal_value
+from llmac.mcts.tree import VALUE_SCALES, Node, StepSample, Tree, from_probability
 from llmac.mcts.values import LeafEvaluator
 from llmac.rewards.checks import verify
 from llmac.rewards.registry import RewardFn
@@ -108,8 +114,9 @@ class Search:
         trees: Sequence[Tree],
         config: SearchConfig,
         evaluate: LeafEvaluator,
-        reward_fn: RewardFn,
+        reward_fn: RewardFn | None,
     ) -> None:
+        """``reward_fn`` verifies terminals; None values them with ``evaluate`` (no verifier)."""
         self.engine, self.trees, self.config = engine, list(trees), config
         self.evaluate, self.reward_fn = evaluate, reward_fn
         self.stats = SearchStats()
@@ -124,7 +131,7 @@ class Search:
         leaves = [(tree, tree.select_leaf(cfg.selection, cfg.c)) for tree in self.trees]
         for tree, node in leaves:
             if node.terminal:
-                tree.backup(node, terminal_value(bool(node.correct), tree.scale))
+                tree.backup(node, tree.terminal_value(node))
         new = self._expand([(tree, node) for tree, node in leaves if not node.terminal])
         values = self._values(new)
         for (tree, child), value in zip(new, values, strict=True):
@@ -150,8 +157,11 @@ class Search:
         new = []
         for (tree, node), group in zip(leaves, groups, strict=True):
             samples = [StepSample(c.text, list(c.token_ids), c.finish_reason != "step") for c in group]
+            tokens = sum(len(s.token_ids) for s in samples)
             self.stats.step_samples += len(samples)
-            self.stats.generated_tokens += sum(len(s.token_ids) for s in samples)
+            self.stats.generated_tokens += tokens
+            tree.step_samples += len(samples)
+            tree.step_tokens += tokens
             children = tree.expand(node, samples)
             self.stats.nodes += len(children)
             new += [(tree, child) for child in children] if children else [(tree, node)]  # now terminal
@@ -160,20 +170,24 @@ class Search:
     def _values(self, new: list[tuple[Tree, Node]]) -> list[float]:
         """Each new node's value on its tree's scale: terminals verified, the others evaluated."""
         values = [0.0] * len(new)
-        terminal = [i for i, (_, node) in enumerate(new) if node.terminal]
+        verified = self.reward_fn is not None
+        terminal = [i for i, (_, node) in enumerate(new) if node.terminal and verified]
         if terminal:
             texts = [new[i][1].prefix_text() for i in terminal]
             rewards = verify(self.reward_fn, texts, [new[i][0].answer for i in terminal])
             for i, reward in zip(terminal, rewards, strict=True):
                 tree, node = new[i]
                 values[i] = tree.set_verdict(node, reward, reward >= self.config.correct_threshold)
-        inner = [i for i, (_, node) in enumerate(new) if not node.terminal]
+        inner = [i for i, (_, node) in enumerate(new) if not (node.terminal and verified)]
         if inner:
             probs = self.evaluate([new[i] for i in inner])
             if len(probs) != len(inner):
                 raise ValueError(f"leaf evaluator returned {len(probs)} values for {len(inner)} nodes")
             for i, p in zip(inner, probs, strict=True):
-                values[i] = from_probability(p, new[i][0].scale)
+                tree, node = new[i]
+                values[i] = from_probability(p, tree.scale)
+                if node.terminal:
+                    node.evaluation = values[i]
         return values
 
 
@@ -183,7 +197,7 @@ def search(
     answers: Sequence[str],
     config: SearchConfig,
     evaluate: LeafEvaluator,
-    reward_fn: RewardFn,
+    reward_fn: RewardFn | None,
 ) -> tuple[list[Tree], SearchStats]:
     """Build one tree per question with ``config.iterations`` batched iterations."""
     trees = new_trees(engine, questions, answers, config)

@@ -13,7 +13,8 @@ Steps are clean step strings; pairs holding a step not writable as one are left 
   path's steps after the divergence), ``masked_text`` = ``join_steps(bad_prefix) + delimiter`` (no
   loss), ``trained_text`` = ``revision + join_steps(good_continuation)`` (loss), ``first_wrong``,
   ``answer``, ``tree_index``. For TRL's prompt-completion SFT: prompt = chat-templated question +
-  ``masked_text``, completion = ``trained_text``; the loss then covers exactly the trained part.
+  ``masked_text``, completion = ``trained_text`` (:func:`revision_sft_rows`); the loss then covers
+  exactly the trained part.
 - :func:`critique_pair_rows` (MMC): each wrong terminal against the correct terminal sharing the
   deepest ancestor with it (then most visits). Columns: ``prompt``, ``wrong_steps``,
   ``correct_steps``, ``shared_steps`` (steps the two paths share), ``first_wrong`` (index in
@@ -163,3 +164,18 @@ def critique_pair_rows(
                 }
             )
     return records_dataset(records, CRITIQUE_PAIR_FEATURES)
+
+
+def revision_sft_rows(revisions: Dataset, template: Callable[[str], str] = str) -> Dataset:
+    """Revision trajectories as TRL prompt-completion SFT rows: ``prompt`` = ``template(question)``
+    (e.g. the chat template, :func:`llmac.data.loading.format_prompt`) + ``masked_text``, ``completion``
+    = ``trained_text``. TRL's SFTTrainer computes the loss on completion tokens only (its
+    ``completion_only_loss``), so the bad prefix is context and the revision and good continuation
+    are learned."""
+    return revisions.map(
+        lambda row: {
+            "prompt": template(row["prompt"]) + row["masked_text"],
+            "completion": row["trained_text"],
+        },
+        remove_columns=revisions.column_names,
+    )

@@ -12,6 +12,14 @@ Terminals. A node is terminal when its step ended the response (EOS, or ``max_ne
 the step), when it sits at ``max_depth`` or when none of its step samples had visible text; its text is then verified once and the verdict is kept
 (``reward``, ``correct``). Width. A node has at most ``max_children`` children, one per distinct step
 (whitespace-insensitive); each child's ``prior`` is the share of the step samples that produced it.
+
+Without a verifier (test-time search, ``llmac mcts solve``), a terminal is valued once by the leaf
+evaluator instead (``evaluation``, on the tree's scale) and backs that value up whenever it is
+selected again; ``reward``/``correct`` stay None.
+
+Records. :func:`tree_to_record` flattens a tree into one JSON-able row (its nodes depth first, each
+with its parent's index; the root is node 0) and :func:`tree_from_record` rebuilds it exactly, so
+trees are kept as a ``datasets`` dataset (``llmac mcts build``) and loaded back for exports.
 """
 
 from __future__ import annotations
@@ -78,6 +86,7 @@ class Node:
     terminal: bool = False
     reward: float | None = None  # the verifier's reward of a terminal
     correct: bool | None = None  # reward >= the correct threshold, for a terminal
+    evaluation: float | None = None  # a terminal's value from the leaf evaluator (no verifier)
 
     @property
     def q(self) -> float:
@@ -130,6 +139,10 @@ class Tree:
     max_depth: int = 16
     max_children: int = 4
     root: Node = field(default_factory=Node)
+    # What growing this tree cost: step samples drawn, their tokens, and leaf-rollout tokens.
+    step_samples: int = 0
+    step_tokens: int = 0
+    rollout_tokens: int = 0
 
     def __post_init__(self) -> None:
         check_scale(self.scale)
@@ -192,6 +205,19 @@ class Tree:
         node.reward, node.correct = reward, correct
         return terminal_value(correct, self.scale)
 
+    def terminal_value(self, node: Node) -> float:
+        """The value a terminal backs up: its verdict's, else its evaluation (0 before either)."""
+        if not node.terminal:
+            raise ValueError("only a terminal node has a terminal value")
+        if node.correct is not None:
+            return terminal_value(node.correct, self.scale)
+        return node.evaluation if node.evaluation is not None else 0.0
+
+    @property
+    def generated_tokens(self) -> int:
+        """Every token generated for this tree: step samples and leaf rollouts."""
+        return self.step_tokens + self.rollout_tokens
+
     def most_visited_path(self) -> list[Node]:
         """From the root, the most visited child at each level (ties: higher q, then earlier)."""
         path, node = [], self.root
@@ -205,3 +231,44 @@ class Tree:
         it = self.root.walk()
         next(it)
         yield from it
+
+
+# -- records ---------------------------------------------------------------------------------------
+NODE_FIELDS = ("parent", "text", "token_ids", "prior", "visits", "value_sum", "terminal", "reward",
+               "correct", "evaluation")  # fmt: skip
+TREE_FIELDS = ("question", "answer", "prompt", "scale", "max_depth", "max_children", "step_samples",
+               "step_tokens", "rollout_tokens")  # fmt: skip
+
+
+def tree_to_record(tree: Tree) -> dict:
+    """The tree as one row: its own fields, then ``node_<field>`` lists over its nodes depth first."""
+    nodes = list(tree.root.walk())
+    index = {id(node): i for i, node in enumerate(nodes)}
+    record = {name: getattr(tree, name) for name in TREE_FIELDS}
+    record["node_parent"] = [-1 if n.parent is None else index[id(n.parent)] for n in nodes]
+    for name in NODE_FIELDS[1:]:
+        values = [getattr(n, name) for n in nodes]
+        record[f"node_{name}"] = [list(v) for v in values] if name == "token_ids" else values
+    return record
+
+
+def tree_from_record(record: dict) -> Tree:
+    """The tree :func:`tree_to_record` wrote (extra keys of the row are ignored)."""
+    tree = Tree(**{name: record[name] for name in TREE_FIELDS})
+    nodes: list[Node] = []
+    for i, parent in enumerate(record["node_parent"]):
+        fields = {name: record[f"node_{name}"][i] for name in NODE_FIELDS[1:]}
+        fields["token_ids"] = list(fields["token_ids"])
+        if parent < 0:
+            if i != 0:
+                raise ValueError(f"tree record: node {i} has no parent; only node 0 (the root) may")
+            node = tree.root
+            for name, value in fields.items():
+                setattr(node, name, value)
+        else:
+            if not 0 <= parent < i:
+                raise ValueError(f"tree record: node {i}'s parent {parent} does not come before it")
+            node = Node(**fields, parent=nodes[parent], depth=nodes[parent].depth + 1)
+            nodes[parent].children.append(node)
+        nodes.append(node)
+    return tree

@@ -3,7 +3,8 @@
 Every evaluator takes all the nodes to evaluate in one call (all trees together) and returns one
 number in [0, 1] per node; the search puts it on the tree's value scale.
 
-- :class:`CriticValue`: the step critic's value at the prefix's last step (one forward pass each).
+- :class:`CriticValue`: the step critic's value at the prefix's last step (one forward pass each);
+  a prefix with no visible text (an empty response) is worth 0.
 - :class:`RolloutValue`: the share of ``num_rollouts`` continuations to a final answer that the
   verifier accepts (one engine call for all nodes, ``n = num_rollouts``).
 - :class:`MixedValue`: ``weight * critic + (1 - weight) * rollouts`` (AlphaGo's mix).
@@ -39,10 +40,15 @@ class CriticValue:
     def __call__(self, leaves: Sequence[Leaf]) -> list[float]:
         if not leaves:
             return []
-        questions = [tree.question for tree, _ in leaves]
         texts = [node.prefix_text() for _, node in leaves]  # ends with the delimiter: read there
-        values = score_steps(self.model, self.tokenizer, questions, texts, self.delimiter, self.batch_size)
-        return [v[-1] for v in values]
+        scored = [i for i, text in enumerate(texts) if text.strip()]
+        questions = [leaves[i][0].question for i in scored]
+        values = score_steps(self.model, self.tokenizer, questions, [texts[i] for i in scored],
+                             self.delimiter, self.batch_size)  # fmt: skip
+        out = [0.0] * len(leaves)
+        for i, v in zip(scored, values, strict=True):
+            out[i] = v[-1]
+        return out
 
 
 class RolloutValue:
@@ -71,7 +77,9 @@ class RolloutValue:
             prefix = node.prefix_text()
             texts += [prefix + c.text for c in group]
             answers += [tree.answer] * len(group)
-            self.generated_tokens += sum(len(c.token_ids) for c in group)
+            tokens = sum(len(c.token_ids) for c in group)
+            self.generated_tokens += tokens
+            tree.rollout_tokens += tokens
         rewards = verify(self.reward_fn, texts, answers)
         n = cfg.num_rollouts
         return [
