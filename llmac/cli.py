@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "import-gguf": ("llmac.gguf_import", "main", "a GGUF checkpoint as a checked from_pretrained folder"),
     "plot": ("llmac.plot", "main", "PNG training curves of a run folder (metrics.jsonl)"),
     "serve": ("llmac.engines.server", "main", "a vLLM rollout server for `engine: remote` trainers (HTTP)"),
-    "demo": ("llmac.demo", "main", "the CPU demo: SFT, eval, step critic, PPO, then DAPO, critique, MCTS"),
+    "demo": ("llmac.demo", "main", "CPU demo: SFT, MC step labels, step critic, PPO; DAPO, critique, MCTS"),
 }
 
 GLOBAL_FLAGS = {

@@ -97,7 +97,7 @@ def test_recipe_overrides_reach_every_arm_and_bench_fields_are_refused():
 
     args = bench.parse_args(["--quick", "--lr_scheduler_type", "cosine", "--ppo_epochs=2"])
     assert args.overrides == ["--lr_scheduler_type", "cosine", "--ppo_epochs=2"]
-    assert args.arms == ["ppo", "grpo", "dapo", "trl_grpo"] and args.seeds == [0]
+    assert args.arms == ["ppo", "grpo", "dapo", "mcts_ei", "trl_grpo"] and args.seeds == [0]
     spec = {"recipe": str(REPO / "recipes/ppo/tiny_mixed.yaml"), "actor": "x", "dir": "/tmp/x", "seed": 1,
             "settings": bench.QUICK_SETTINGS + args.overrides, "iterations": 2, "eval_every": 2}  # fmt: skip
     _, task, _, ppo = bench.load_recipe(bench.arm_argv(spec))

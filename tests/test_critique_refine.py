@@ -84,7 +84,7 @@ def test_regenerate_from_the_first_flagged_step_over_rounds():
     )
     critic = OracleCritic()
     turns = critique_and_refine(
-        actor, critic, [QUESTION] * 3, [RIGHT, LATE, SLIP], RefineConfig(rounds=3), ["-9"] * 3, exact_reward
+        actor, critic, [QUESTION] * 3, [RIGHT, LATE, SLIP], RefineConfig(rounds=3, refine_temperature=0.0), ["-9"] * 3, exact_reward
     )
     assert turns.column_names == list(TURN_COLUMNS)
     rows = turns.to_list()

@@ -245,7 +245,8 @@ def test_stage_two_rewards_the_refinement_a_critique_leads_to(warm_critic_dir, t
     from llmac.data.tasks import TaskConfig
     from llmac.engines import EngineConfig, build_engine
 
-    config = _run_config(tmp_path, stage=2, num_iterations=2, eval_every=0, prompts_per_iteration=16)
+    config = _run_config(tmp_path, stage=2, num_iterations=2, eval_every=0, prompts_per_iteration=16,
+                         balance_solutions=False)  # actor_accuracy and acc_refine over the same solutions  # fmt: skip
     engines = EngineConfig(engine="hf", engine_dtype="float32")
     critic = build_engine(warm_critic_dir, engines)
     task = TaskConfig(task="arithmetic", num_train=64, num_eval=8)

@@ -29,7 +29,7 @@ from llmac.rl.sampler import Prompts, SamplerSettings, held_out_accuracy
 # DAPO's own settings on the testbed (the recipe's PPO fields give sampling, lr, reward and budget).
 ROUNDS = 2
 KEEP_SOLUTIONS = 6
-MC_ROLLOUTS = 4
+MC_ROLLOUTS = 8  # 4 ends at 52.3% (3 seeds); 8 gives round 1 58.3% on seed 0 (settings search, README)
 TRAIN = {"beta": 0.1, "advantage_threshold": 0.1, "num_epochs": 2, "states_per_batch": 16,
          "micro_batch_size": 64, "lr_scheduler_type": "cosine"}  # fmt: skip
 

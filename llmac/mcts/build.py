@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -393,6 +394,24 @@ def use_own_device() -> None:
             os.environ["CUDA_VISIBLE_DEVICES"] = local
 
 
+def task_questions(task: TaskConfig, split: str, limit: int) -> Dataset:
+    """The ``question`` and ``answer`` columns of the task's ``split``, its first ``limit`` rows (0: all)."""
+    questions = load_task(task, split).select_columns(["question", "answer"])
+    return questions.select(range(min(limit, len(questions)))) if limit else questions
+
+
+@contextmanager
+def running_engine(model_path: str, engine_config: EngineConfig, engine: RolloutEngine | None = None):
+    """``engine`` if given (left running), else one started from ``model_path`` on this process's device
+    and closed at the end."""
+    if engine is not None:
+        yield engine
+        return
+    use_own_device()
+    with build_engine(model_path, engine_config) as own:
+        yield own
+
+
 def run_build(
     model_path: str,
     build: MCTSBuildConfig,
@@ -413,20 +432,11 @@ def run_build(
     work = claim_work_folder(output, COMMAND, build.overwrite, [model_path, build.critic, task.train_path,
                                                                 task.eval_path])  # fmt: skip
     reward_fn = get_reward_fn(build.reward)
-    questions = load_task(task, build.split).select_columns(["question", "answer"])
-    if build.num_questions:
-        questions = questions.select(range(min(build.num_questions, len(questions))))
+    questions = task_questions(task, build.split, build.num_questions)
     critic = Critic.load(build.critic) if build.critic and build.leaf_value != "rollouts" else None
-    owns_engine = engine is None
-    if owns_engine:
-        use_own_device()
-        engine = build_engine(model_path, engine_config)
-    try:
+    with running_engine(model_path, engine_config, engine) as engine:
         rows = build_tree_rows(engine, questions, search, build, reward_fn, critic, work / "shards",
                                build.progress, gather=rank == 0)  # fmt: skip
-    finally:
-        if owns_engine:
-            engine.close()
     if rows is None:
         return None
     trees = trees_of(rows)

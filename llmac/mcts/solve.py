@@ -30,12 +30,20 @@ import datasets
 from datasets import Dataset, Features, Value
 
 from llmac.config import ModelConfig, parse_config
-from llmac.data.tasks import TaskConfig, load_task
-from llmac.engines import EngineConfig, RolloutEngine, SamplingConfig, build_engine
+from llmac.data.tasks import TaskConfig
+from llmac.engines import EngineConfig, RolloutEngine, SamplingConfig
 from llmac.errors import ConfigError
 from llmac.files import write_text_atomically
 from llmac.fingerprints import engine_model_fingerprint
-from llmac.mcts.build import TREES, Critic, process_share, search_in_shards, trees_of, use_own_device
+from llmac.mcts.build import (
+    TREES,
+    Critic,
+    process_share,
+    running_engine,
+    search_in_shards,
+    task_questions,
+    trees_of,
+)
 from llmac.mcts.config import MCTSSolveConfig
 from llmac.mcts.search import SearchConfig
 from llmac.mcts.tree import Node, Tree, to_probability
@@ -208,20 +216,11 @@ def run_solve(
     sources = [model_path, solve.critic, task.train_path, task.eval_path]
     work = claim_work_folder(output, COMMAND, solve.overwrite, sources)
     reward_fn = get_reward_fn(solve.reward)
-    questions = load_task(task, solve.split).select_columns(["question", "answer"])
-    if solve.num_questions:
-        questions = questions.select(range(min(solve.num_questions, len(questions))))
+    questions = task_questions(task, solve.split, solve.num_questions)
     critic = Critic.load(solve.critic)
-    owns_engine = engine is None
-    if owns_engine:
-        use_own_device()
-        engine = build_engine(model_path, engine_config)
-    try:
+    with running_engine(model_path, engine_config, engine) as engine:
         solved = solve_questions(engine, questions, search, solve, critic, reward_fn, work / "shards",
                                  gather=rank == 0)  # fmt: skip
-    finally:
-        if owns_engine:
-            engine.close()
     if solved is None:
         return None
     answers, rows = solved
